@@ -1,0 +1,152 @@
+"""The `gossipfl` command: simulate, topology, plot."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import GossipError
+
+app = typer.Typer(
+    name="gossipfl",
+    help="Decentralized gossip learning: simulate topologies, analyse them, plot convergence.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turns a GossipError into one `error: ...` line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GossipError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@_friendly_errors
+def simulate(
+    topology: Optional[str] = typer.Option(None, "--topology", "-t", help="Inline spec (ring:16, torus:4x4, exponential:32, random-regular:64:4, ...) or a topology file (.toml, .graphml, edge list). Default: ring."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help="Number of nodes, for specs given without a size (default 16)."),
+    weights: Optional[str] = typer.Option(None, help="Mixing-weight rule: metropolis (default), max-degree, uniform."),
+    algorithm: Optional[str] = typer.Option(None, "--algorithm", "-a", help="dpsgd (default), consensus (pure averaging of random vectors), centralized (the reference)."),
+    dataset: Optional[str] = typer.Option(None, help="digits (default), synthetic[:D:C], or a .npz with x_train, y_train, x_test, y_test."),
+    partition: Optional[str] = typer.Option(None, help="iid (default), dirichlet:ALPHA (label skew), shards:K."),
+    model: Optional[str] = typer.Option(None, help="logreg, mlp (default), cnn."),
+    hidden: Optional[int] = typer.Option(None, help="Hidden width of the MLP (default 64)."),
+    optimizer: Optional[str] = typer.Option(None, help="Local optimizer: sgd (default), momentum, adam."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 500)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default 0.1)."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch per node and round (default 32)."),
+    dim: Optional[int] = typer.Option(None, help="consensus: length of each node's random vector (default 100)."),
+    eval_every: Optional[int] = typer.Option(None, help="Rounds between test evaluations (default 10)."),
+    mixing: Optional[str] = typer.Option(None, help="Mixing kernel: auto (default), sparse, dense."),
+    seed: Optional[int] = typer.Option(None, help="Seed for graph, data split, init and sampling (default 0)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
+    name: Optional[str] = typer.Option(None, help="Run name (default derived from the config and time)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML experiment config with the same keys as these flags; flags override it."),
+) -> None:
+    """Simulate N gossip nodes in one process; write metrics.jsonl, summary.json and plot.png."""
+    flags = {k: v for k, v in locals().items() if k != "config" and v is not None}
+    from .config import load_config, make_config
+    from .plot import plot_runs
+    from .sim import simulate as run_simulation
+
+    if "out" in flags:
+        flags["out"] = str(flags["out"])
+    cfg = load_config(config, flags) if config else make_config(flags, source="flags")
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"), console=console, transient=False,
+    ) as bar:
+        task = bar.add_task(f"{cfg.algorithm} on {cfg.topology}", total=cfg.rounds, status="compiling...")
+
+        def progress(done: int, total: int, rec: dict[str, Any]) -> None:
+            status = f"consensus {rec['consensus_distance']:.3e}"
+            if "accuracy" in rec:
+                status += f"  acc {100 * rec['accuracy']:.1f}%"
+            bar.update(task, completed=done, status=status)
+
+        result = run_simulation(cfg, progress=progress)
+
+    plot_path = plot_runs([result.run_dir], result.run_dir / "plot.png")
+    _print_summary(result.summary)
+    console.print(f"wrote {result.run_dir}/metrics.jsonl, summary.json and {plot_path}")
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    table = Table(title="result", show_header=False)
+    topo, final = s["topology"], s["final"]
+    table.add_row("topology", f"{topo['spec']}: {topo['nodes']} nodes, {topo['edges']} edges, {topo['weights']} weights")
+    table.add_row("rounds", f"{s['rounds']}  ({s['wall_seconds']:.2f} s, {s['node_steps_per_second']:,.0f} node-steps/s, {s['devices']} device(s), {s['mixing_kernel']} kernel)")
+    table.add_row("consensus distance", f"{final['initial_consensus_distance']:.3e} -> {final['consensus_distance']:.3e}")
+    measured = s["measured_rate"]
+    table.add_row("per-round contraction", f"predicted (SLEM) {s['predicted_rate']:.4f}, measured {measured:.4f}" if measured is not None else f"predicted (SLEM) {s['predicted_rate']:.4f}, measured n/a")
+    if "accuracy" in final:
+        table.add_row("averaged model", f"test accuracy {100 * final['accuracy']:.2f}%, loss {final['loss']:.4f}")
+        table.add_row("node accuracy", f"min {100 * final['node_accuracy_min']:.2f}%  mean {100 * final['node_accuracy_mean']:.2f}%  max {100 * final['node_accuracy_max']:.2f}%")
+        p = s["partition"]
+        table.add_row("partition", f"{s['config']['partition']}: {p['examples_min']}-{p['examples_max']} examples/node, {p['classes_per_node_mean']:.1f} classes/node on average (min {p['classes_per_node_min']}, max {p['classes_per_node_max']})")
+    console.print(table)
+
+
+@app.command("topology")
+@_friendly_errors
+def topology_cmd(
+    spec: str = typer.Argument(..., help="Inline spec (ring:16, torus:4x4, complete:8, star:8, hypercube:16, exponential:16, random-regular:N:D, erdos-renyi:N:P, small-world:N:K:P) or a file."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help="Size, for a spec given without one."),
+    weights: str = typer.Option("metropolis", help="metropolis, max-degree or uniform."),
+    seed: int = typer.Option(0, help="Seed for random generators."),
+    draw: Optional[Path] = typer.Option(None, help="Write a drawing of the graph to this PNG."),
+) -> None:
+    """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates."""
+    from .topology import build_graph, describe, draw as draw_graph, mixing_matrix, spectrum
+
+    graph = build_graph(spec, nodes=nodes, seed=seed)
+    W = mixing_matrix(graph, weights)
+    info = describe(graph, W, weights)
+    table = Table(title=f"topology {spec}", show_header=False)
+    for key, value in info.items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    sp = spectrum(W)
+    table.add_row("predicted per-round contraction", f"consensus distance shrinks by x{sp.slem:.4f} per round (SLEM)")
+    console.print(table)
+    if draw:
+        draw_graph(graph, draw, title=f"{spec}: {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges, gap {sp.spectral_gap:.4f}")
+        console.print(f"wrote {draw}")
+
+
+@app.command()
+@_friendly_errors
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories (each with metrics.jsonl)."),
+    out: Path = typer.Option(Path("consensus.png"), "--out", "-o", help="PNG to write."),
+    title: Optional[str] = typer.Option(None, help="Figure title."),
+) -> None:
+    """Plot consensus distance (log scale, with the predicted SLEM^t line) and accuracy of runs."""
+    from .plot import plot_runs
+
+    path = plot_runs(runs, out, title=title)
+    console.print(f"wrote {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

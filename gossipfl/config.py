@@ -1,0 +1,102 @@
+"""Typed experiment config: a frozen dataclass, loaded from TOML, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .algorithms import ALGORITHMS, OPTIMIZERS
+from .errors import ConfigError
+
+MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    """Everything that defines a simulation run; the same keys work as flags and in TOML."""
+
+    topology: str = "ring"  # inline spec (ring:16, torus:4x4, ...) or a topology file
+    nodes: int | None = None  # size for specs that take one; 16 when neither gives it
+    weights: str = "metropolis"  # mixing-weight rule
+    algorithm: str = "dpsgd"  # dpsgd | consensus | centralized
+    dataset: str = "digits"  # digits | synthetic[:D:C] | path/to/data.npz
+    partition: str = "iid"  # iid | dirichlet:ALPHA | shards:K
+    model: str = "mlp"  # logreg | mlp | cnn
+    hidden: int = 64  # hidden width of the MLP
+    optimizer: str = "sgd"  # sgd | momentum | adam
+    rounds: int = 500
+    lr: float = 0.1
+    batch_size: int = 32  # per node and round
+    dim: int = 100  # consensus: length of each node's random vector
+    eval_every: int = 10  # rounds between test-set evaluations
+    mixing: str = "auto"  # auto | sparse | dense kernel
+    seed: int = 0
+    out: str | None = None  # run directory; runs/<name> when unset
+    name: str | None = None  # run name; derived from the config when unset
+
+    def __post_init__(self) -> None:
+        _check_choice("algorithm", self.algorithm, ALGORITHMS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("mixing", self.mixing, MIXING_FORMS)
+        for key in ("rounds", "batch_size", "dim", "eval_every", "hidden"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if self.nodes is not None and (isinstance(self.nodes, bool) or not isinstance(self.nodes, int)):
+            raise ConfigError(f"nodes must be an integer, got {self.nodes!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-serialisable values."""
+        return dataclasses.asdict(self)
+
+
+def config_keys() -> tuple[str, ...]:
+    """The keys a config file (or flag set) may contain."""
+    return tuple(f.name for f in dataclasses.fields(SimConfig))
+
+
+def _check_choice(key: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {key} {value!r}; accepted: {', '.join(accepted)}")
+
+
+def make_config(values: Mapping[str, Any], *, source: str = "config") -> SimConfig:
+    """Builds a `SimConfig` from a mapping, naming any unknown key and the valid ones.
+
+    Raises:
+      ConfigError: for unknown keys or invalid values.
+    """
+    unknown = sorted(set(values) - set(config_keys()))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {source}; "
+            f"valid keys: {', '.join(config_keys())}"
+        )
+    return SimConfig(**values)
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SimConfig:
+    """Reads a TOML experiment config (flat keys, or under an `[experiment]` table); flags win.
+
+    Raises:
+      ConfigError: if the file is missing, is not valid TOML, or has unknown keys/bad values.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    if set(raw) == {"experiment"} and isinstance(raw["experiment"], dict):
+        raw = raw["experiment"]
+    values = {**raw, **(overrides or {})}
+    return make_config(values, source=str(path))

@@ -1,0 +1,352 @@
+"""Datasets (offline only) and the partitioners that deal training examples out to nodes."""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, PartitionError
+
+NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+
+_ACCEPTED_DATASETS = (
+    "digits, synthetic[:D:C], or a path to a .npz file with x_train, y_train, x_test, y_test"
+)
+_ACCEPTED_PARTITIONS = (
+    "iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), shards:K (K >= 1, e.g. shards:2)"
+)
+
+DATASETS_HELP: str = (
+    "Dataset: 'digits' (scikit-learn's bundled 8x8 handwritten digits, 10 classes, "
+    "1437 train / 360 test by default); 'synthetic' or 'synthetic:D:C' (a seeded, noise-free "
+    "linear teacher task in D dims with C classes, default 32 dims and 10 classes, 4000 train / "
+    "1000 test, best accuracy 1.0); or a path to a .npz file holding x_train, y_train, x_test, "
+    "y_test (integer labels 0..C-1; uint8 images are scaled to [0, 1]; pickled arrays are refused)."
+)
+
+PARTITIONS_HELP: str = (
+    "Partition: 'iid' (shuffle and split evenly); 'dirichlet:ALPHA' (label skew: each class is "
+    "split across nodes in Dirichlet(ALPHA) proportions, small ALPHA such as 0.1 leaves most "
+    "nodes with one or two classes); 'shards:K' (sort by label, cut into nodes*K equal shards "
+    "and give each node K of them, as in McMahan et al.). Every node gets at least one example."
+)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Dataset:
+    """A classification dataset split into train and test, with float32 inputs and int32 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    optimum_accuracy: float | None = None
+
+
+def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Load a dataset by name: 'digits', 'synthetic[:D:C]' or a path to a '.npz' file.
+
+    `seed` drives the digits train/test split and the synthetic task; `test_fraction` applies to
+    digits only (synthetic has a fixed 4000/1000 split, a .npz file brings its own).
+
+    Raises:
+        DataError: the name is unknown, or the file is missing or malformed.
+    """
+    name = os.fspath(name)
+    if name == "digits":
+        return _load_digits(seed=seed, test_fraction=test_fraction)
+    if name == "synthetic" or name.startswith("synthetic:"):
+        dims, classes = _parse_synthetic(name)
+        return make_synthetic(dims, classes, seed=seed, name=name)
+    if name.endswith(".npz"):
+        return _load_npz(name)
+    raise DataError(f"unknown dataset {name!r}; accepted: {_ACCEPTED_DATASETS}")
+
+
+def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction {test_fraction} is out of range; accepted: 0 < test_fraction < 1")
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
+    y = bunch.target.astype(np.int32)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
+    return Dataset(
+        name="digits", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+        num_classes=10, input_shape=(8, 8, 1),
+    )
+
+
+def _parse_synthetic(name: str) -> tuple[int, int]:
+    if name == "synthetic":
+        return 32, 10
+    parts = name.split(":")
+    try:
+        dims, classes = int(parts[1]), int(parts[2])
+        ok = len(parts) == 3 and dims >= 1 and classes >= 2
+    except (ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise DataError(
+            f"bad synthetic dataset {name!r}; accepted: synthetic or synthetic:D:C with "
+            "D >= 1 dims and C >= 2 classes, e.g. synthetic:16:4"
+        )
+    return dims, classes
+
+
+def make_synthetic(
+    dims: int = 32, classes: int = 10, *, seed: int = 0, n_train: int = 4000, n_test: int = 1000,
+    name: str = "synthetic",
+) -> Dataset:
+    """A noise-free multinomial-logistic teacher task: x ~ N(0, I), y = argmax(x W* + b*).
+
+    A linear model can separate it exactly, so `optimum_accuracy` is 1.0.
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(dims, classes))
+    b = rng.normal(size=classes)
+    x = rng.normal(size=(n_train + n_test, dims)).astype(np.float32)
+    y = np.argmax(x.astype(np.float64) @ w + b, axis=1).astype(np.int32)
+    return Dataset(
+        name=name, x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:],
+        y_test=y[n_train:], num_classes=classes, input_shape=(dims,), optimum_accuracy=1.0,
+    )
+
+
+def _load_npz(path: str) -> Dataset:
+    if not Path(path).is_file():
+        raise DataError(
+            f"dataset file {path!r} does not exist; pass a path to a .npz file with "
+            "x_train, y_train, x_test, y_test"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise DataError(
+                    f"{path} is missing keys {', '.join(missing)}; a dataset .npz needs "
+                    f"{', '.join(NPZ_KEYS)}"
+                )
+            arrays = {k: npz[k] for k in NPZ_KEYS}
+    except DataError:
+        raise
+    except ValueError as e:  # numpy refuses object (pickled) arrays with allow_pickle=False
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(
+            f"{path} cannot be read without pickle ({first}); store plain numeric arrays "
+            "x_train, y_train, x_test, y_test"
+        ) from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}); "
+                        "save one with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from e
+    return _dataset_from_arrays(path, **arrays)
+
+
+def _dataset_from_arrays(
+    name: str, *, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Dataset:
+    y_tr, y_te = _check_labels(name, "y_train", y_train), _check_labels(name, "y_test", y_test)
+    for key, x, y in (("x_train", x_train, y_tr), ("x_test", x_test, y_te)):
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"{name}: {key} has dtype {x.dtype}; accepted: a numeric (int or float) array")
+        if x.ndim < 2 or len(x) != len(y):
+            raise DataError(
+                f"{name}: {key} has shape {x.shape} but its labels have {len(y)} entries; "
+                "accepted: x of shape (n, ...) with n matching the labels"
+            )
+        if len(x) == 0:
+            raise DataError(f"{name}: {key} is empty; accepted: at least one example")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(
+            f"{name}: x_train examples have shape {x_train.shape[1:]} but x_test examples "
+            f"have {x_test.shape[1:]}; accepted: the same per-example shape"
+        )
+    x_tr, x_te = _to_float(x_train), _to_float(x_test)
+    if not (np.isfinite(x_tr).all() and np.isfinite(x_te).all()):
+        raise DataError(f"{name}: x contains NaN or infinite values; accepted: finite numbers only")
+    if x_tr.ndim == 3:  # grayscale images (n, H, W) get a channel axis
+        x_tr, x_te = x_tr[..., None], x_te[..., None]
+    return Dataset(
+        name=name, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+        num_classes=int(max(y_tr.max(), y_te.max())) + 1, input_shape=tuple(x_tr.shape[1:]),
+    )
+
+
+def _check_labels(name: str, key: str, y: np.ndarray) -> np.ndarray:
+    integral = y.dtype.kind in "iu" or (
+        y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
+    )
+    if y.ndim != 1 or not integral or (y.size and y.min() < 0):
+        raise DataError(
+            f"{name}: {key} (dtype {y.dtype}, shape {y.shape}) is not a 1-D array of class "
+            "labels; accepted: integers 0..C-1"
+        )
+    return y.astype(np.int32)
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    # Integer pixels (e.g. uint8 images) are rescaled to [0, 1]; 0/1 integer features are kept.
+    if x.dtype.kind in "iu" and x.size and x.max() > 1:
+        return (x / 255.0).astype(np.float32)
+    return x.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- partitioners
+
+
+def partition(
+    y: np.ndarray, n_nodes: int, spec: str = "iid", *, seed: int = 0, num_classes: int | None = None
+) -> list[np.ndarray]:
+    """Deal training examples to `n_nodes` nodes by `spec`: iid, dirichlet:ALPHA or shards:K.
+
+    Returns one sorted int64 index array per node; every node gets at least one example and no
+    example goes to two nodes.
+
+    Raises:
+        PartitionError: the spec is malformed, or there are too few examples for the nodes.
+    """
+    kind, value = _parse_partition(spec)
+    y = np.asarray(y)
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise PartitionError(f"labels have dtype {y.dtype} and shape {y.shape}; accepted: a 1-D integer array")
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) or n_nodes < 1:
+        raise PartitionError(f"bad number of nodes {n_nodes!r}; accepted: an integer >= 1")
+    n = len(y)
+    if n_nodes > n:
+        raise PartitionError(
+            f"cannot give {n_nodes} nodes at least one example each from {n} training examples"
+        )
+    rng = np.random.default_rng(seed)
+    if kind == "iid":
+        parts = np.array_split(rng.permutation(n), n_nodes)
+    elif kind == "dirichlet":
+        classes = _num_classes(y, num_classes)
+        parts = _dirichlet(y, n_nodes, value, classes, rng)
+    else:
+        parts = _shards(y, n_nodes, int(value), rng)
+    return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def _parse_partition(spec: str) -> tuple[str, float]:
+    kind, _, arg = str(spec).partition(":")
+    try:
+        if kind == "iid" and not arg and ":" not in str(spec):
+            return "iid", 0.0
+        if kind == "dirichlet":
+            alpha = float(arg)
+            if math.isfinite(alpha) and alpha > 0:
+                return "dirichlet", alpha
+        if kind == "shards":
+            k = int(arg)
+            if k >= 1:
+                return "shards", float(k)
+    except ValueError:
+        pass
+    raise PartitionError(f"bad partition {spec!r}; accepted: {_ACCEPTED_PARTITIONS}")
+
+
+def _num_classes(y: np.ndarray, num_classes: int | None) -> int:
+    seen = int(y.max()) + 1 if y.size else 0
+    if y.size and y.min() < 0:
+        raise PartitionError(f"labels include {int(y.min())}; accepted: class labels 0..C-1")
+    if num_classes is None:
+        return seen
+    if num_classes < seen:
+        raise PartitionError(
+            f"labels go up to {seen - 1} but num_classes is {num_classes}; "
+            "accepted: labels 0..num_classes-1"
+        )
+    return num_classes
+
+
+def _dirichlet(
+    y: np.ndarray, n_nodes: int, alpha: float, classes: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    buckets: list[list[np.ndarray]] = [[] for _ in range(n_nodes)]
+    for c in range(classes):
+        members = rng.permutation(np.flatnonzero(y == c))
+        p = np.nan_to_num(rng.dirichlet(np.full(n_nodes, alpha)))
+        if p.sum() <= 0:  # tiny alpha can underflow every share; give the class to one node
+            p = np.eye(n_nodes)[rng.integers(n_nodes)]
+        cuts = np.round(np.cumsum(p / p.sum())[:-1] * len(members)).astype(np.int64)
+        for node, chunk in enumerate(np.split(members, cuts)):
+            buckets[node].append(chunk)
+    parts = [np.concatenate(b) for b in buckets]
+    # Top up empty nodes from the largest one; n_nodes <= n guarantees the largest has >= 2.
+    for node in range(n_nodes):
+        if len(parts[node]) == 0:
+            big = int(np.argmax([len(p) for p in parts]))
+            parts[node], parts[big] = parts[big][-1:], parts[big][:-1]
+    return parts
+
+
+def _shards(y: np.ndarray, n_nodes: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    n, n_shards = len(y), n_nodes * k
+    if n_shards > n:
+        raise PartitionError(
+            f"cannot cut {n} training examples into {n_nodes} nodes * {k} = {n_shards} shards; "
+            f"accepted: nodes * K <= {n} (use fewer nodes or a smaller K)"
+        )
+    shuffled = rng.permutation(n)  # random order within each label
+    by_label = shuffled[np.argsort(y[shuffled], kind="stable")]
+    size = n // n_shards
+    shards = by_label[: n_shards * size].reshape(n_shards, size)
+    owners = rng.permutation(n_shards).reshape(n_nodes, k)
+    return [shards[row].reshape(-1) for row in owners]
+
+
+def label_counts(y: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """Per-node label histogram, shape (n_nodes, num_classes)."""
+    y = np.asarray(y)
+    counts = np.zeros((len(parts), num_classes), dtype=np.int64)
+    for i, p in enumerate(parts):
+        labels = y[np.asarray(p, dtype=np.int64)]
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise PartitionError(
+                f"node {i} has label {int(labels.max())} outside 0..{num_classes - 1}; "
+                "accepted: labels below num_classes"
+            )
+        counts[i] = np.bincount(labels, minlength=num_classes)
+    return counts
+
+
+def partition_summary(counts: np.ndarray) -> dict:
+    """Min/mean/max of examples and of distinct classes per node, as plain Python numbers."""
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or counts.shape[0] == 0:
+        raise PartitionError(f"label counts have shape {counts.shape}; accepted: (n_nodes >= 1, num_classes)")
+    examples = counts.sum(axis=1)
+    classes = (counts > 0).sum(axis=1)
+    return {
+        "examples_min": int(examples.min()),
+        "examples_mean": float(examples.mean()),
+        "examples_max": int(examples.max()),
+        "classes_per_node_min": int(classes.min()),
+        "classes_per_node_mean": float(classes.mean()),
+        "classes_per_node_max": int(classes.max()),
+    }
+
+
+def pad_partitions(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack node index arrays into an int32 (n_nodes, max_len) matrix plus int32 lengths.
+
+    Short rows repeat the node's own indices cyclically, so `idx[i, j]` for any j is one of node
+    i's examples; sampling uniformly should still draw j below `lengths[i]`.
+    """
+    lengths = np.array([len(p) for p in parts], dtype=np.int32)
+    if len(parts) == 0 or lengths.min() == 0:
+        raise PartitionError("cannot pad partitions with an empty node; accepted: every node has >= 1 index")
+    idx = np.stack([np.resize(np.asarray(p), int(lengths.max())) for p in parts]).astype(np.int32)
+    return idx, lengths

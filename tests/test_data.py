@@ -1,0 +1,367 @@
+"""Tests for gossipfl.data: offline datasets and partitioners."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gossipfl.data import (
+    DATASETS_HELP,
+    PARTITIONS_HELP,
+    Dataset,
+    label_counts,
+    load_dataset,
+    pad_partitions,
+    partition,
+    partition_summary,
+)
+from gossipfl.errors import DataError, GossipError, PartitionError
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset("digits")
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def test_digits_layout(digits: Dataset) -> None:
+    assert digits.name == "digits"
+    assert digits.x_train.shape == (1437, 8, 8, 1) and digits.x_test.shape == (360, 8, 8, 1)
+    assert digits.y_train.shape == (1437,) and digits.y_test.shape == (360,)
+    assert digits.x_train.dtype == np.float32 and digits.y_train.dtype == np.int32
+    assert digits.y_test.dtype == np.int32 and digits.x_test.dtype == np.float32
+    assert 0.0 <= digits.x_train.min() and digits.x_train.max() == pytest.approx(1.0)
+    assert digits.num_classes == 10 and digits.input_shape == (8, 8, 1)
+    assert digits.optimum_accuracy is None
+    # stratified: every class appears in the test split in roughly its share
+    assert np.bincount(digits.y_test, minlength=10).min() >= 34
+
+
+def test_digits_split_is_seeded(digits: Dataset) -> None:
+    again = load_dataset("digits", seed=0)
+    other = load_dataset("digits", seed=1)
+    np.testing.assert_array_equal(digits.x_train, again.x_train)
+    assert not np.array_equal(digits.y_train, other.y_train)
+    assert load_dataset("digits", test_fraction=0.5).x_test.shape[0] in (898, 899)
+
+
+def test_synthetic_default_and_reproducible() -> None:
+    a, b = load_dataset("synthetic", seed=3), load_dataset("synthetic", seed=3)
+    c = load_dataset("synthetic", seed=4)
+    assert a.x_train.shape == (4000, 32) and a.x_test.shape == (1000, 32)
+    assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int32
+    assert a.num_classes == 10 and a.input_shape == (32,) and a.optimum_accuracy == 1.0
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(a.x_train, c.x_train)
+
+
+def test_synthetic_custom_dims_and_classes() -> None:
+    ds = load_dataset("synthetic:16:4", seed=0)
+    assert ds.x_train.shape == (4000, 16) and ds.input_shape == (16,) and ds.num_classes == 4
+    assert set(np.unique(ds.y_train)) <= set(range(4))
+
+
+def test_synthetic_is_linearly_separable() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    ds = load_dataset("synthetic", seed=0)
+    clf = LogisticRegression(C=100.0, max_iter=300).fit(ds.x_train, ds.y_train)
+    assert clf.score(ds.x_test, ds.y_test) > 0.95
+
+
+@pytest.mark.parametrize("name", ["synthetic:16", "synthetic:a:b", "synthetic:0:4", "synthetic:8:1"])
+def test_bad_synthetic_spec(name: str) -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset(name)
+    assert "synthetic:D:C" in _one_line(err)
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset("foo")
+    assert _one_line(err) == (
+        "unknown dataset 'foo'; accepted: digits, synthetic[:D:C], or a path to a .npz file "
+        "with x_train, y_train, x_test, y_test"
+    )
+
+
+def test_help_texts_are_paragraphs() -> None:
+    for text in (DATASETS_HELP, PARTITIONS_HELP):
+        assert isinstance(text, str) and "\n" not in text and len(text) > 40
+    assert "digits" in DATASETS_HELP and "dirichlet" in PARTITIONS_HELP
+
+
+def test_npz_round_trip_images(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "imgs.npz"
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (20, 6, 5), dtype=np.uint8),
+        y_train=rng.integers(0, 3, 20),
+        x_test=rng.integers(0, 256, (7, 6, 5), dtype=np.uint8),
+        y_test=np.array([0, 1, 2, 3, 0, 1, 2]),
+    )
+    ds = load_dataset(str(path))
+    assert ds.x_train.shape == (20, 6, 5, 1) and ds.x_test.shape == (7, 6, 5, 1)
+    assert ds.input_shape == (6, 5, 1) and ds.num_classes == 4
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+
+
+def test_npz_round_trip_flat_floats(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x_tr, x_te = rng.normal(size=(30, 5)), rng.normal(size=(10, 5))
+    path = tmp_path / "flat.npz"
+    np.savez(path, x_train=x_tr, y_train=np.arange(30) % 2, x_test=x_te, y_test=np.arange(10) % 2)
+    ds = load_dataset(path)
+    assert ds.input_shape == (5,) and ds.num_classes == 2
+    np.testing.assert_allclose(ds.x_train, x_tr.astype(np.float32))
+    assert ds.optimum_accuracy is None
+
+
+def test_npz_missing_keys(tmp_path: Path) -> None:
+    path = tmp_path / "data.npz"
+    np.savez(path, x_train=np.zeros((3, 2)), y_train=np.zeros(3, int), x_test=np.zeros((1, 2)))
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path))
+    msg = _one_line(err)
+    assert msg.endswith(
+        "data.npz is missing keys y_test; a dataset .npz needs x_train, y_train, x_test, y_test"
+    )
+
+
+def test_npz_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.npz"
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path))
+    assert str(path) in _one_line(err)
+
+
+def test_npz_not_a_zip(tmp_path: Path) -> None:
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a zip file at all")
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path))
+    _one_line(err)
+
+
+class _Boom:
+    """An object whose unpickling would leave a marker file behind."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_npz_with_pickle_is_refused_and_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.npz"
+    evil = np.empty(2, dtype=object)
+    evil[0], evil[1] = _Boom(str(marker)), _Boom(str(marker))
+    np.savez(path, x_train=evil, y_train=np.zeros(2, int), x_test=np.zeros((1, 2)), y_test=np.zeros(1, int))
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path))
+    _one_line(err)
+    assert not marker.exists()
+
+
+def _save(path: Path, **overrides: np.ndarray) -> str:
+    arrays = dict(
+        x_train=np.zeros((4, 3), np.float32), y_train=np.array([0, 1, 0, 1]),
+        x_test=np.zeros((2, 3), np.float32), y_test=np.array([0, 1]),
+    )
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"y_train": np.array([0, 1, -1, 1])},                    # negative label
+        {"y_train": np.array([0.5, 1, 0, 1])},                   # fractional label
+        {"y_train": np.array([0, 1, 0])},                        # length mismatch
+        {"x_test": np.zeros((2, 4), np.float32)},                # shape mismatch
+        {"x_train": np.array([[0, 1, np.nan]] * 4)},             # non-finite
+        {"x_train": np.array([["a", "b", "c"]] * 4)},            # not numeric
+        {"y_train": np.zeros((4, 1), int)},                      # labels not 1-D
+    ],
+)
+def test_npz_bad_contents(tmp_path: Path, overrides: dict) -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset(_save(tmp_path / "bad.npz", **overrides))
+    assert "accepted" in _one_line(err)
+
+
+# --------------------------------------------------------------------------- partitioners
+
+
+def _check_parts(parts: list[np.ndarray], n: int, n_nodes: int) -> int:
+    assert len(parts) == n_nodes
+    for p in parts:
+        assert p.dtype == np.int64 and p.ndim == 1 and len(p) >= 1
+        assert np.all(np.diff(p) > 0)  # sorted, no repeats
+        assert p.min() >= 0 and p.max() < n
+    flat = np.concatenate(parts)
+    assert len(np.unique(flat)) == len(flat)  # disjoint
+    assert len(flat) <= n
+    return len(flat)
+
+
+@st.composite
+def _problem(draw: st.DrawFn) -> tuple[np.ndarray, int, str, int]:
+    n = draw(st.integers(50, 500))
+    n_nodes = draw(st.integers(2, min(n, 64)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    y = np.random.default_rng(seed).integers(0, 10, n)
+    kind = draw(st.sampled_from(["iid", "dirichlet", "shards"]))
+    if kind == "dirichlet":
+        spec = f"dirichlet:{draw(st.floats(0.05, 10.0))}"
+    elif kind == "shards":
+        spec = f"shards:{draw(st.integers(1, min(3, n // n_nodes)))}"
+    else:
+        spec = "iid"
+    return y, n_nodes, spec, seed
+
+
+@settings(max_examples=150, deadline=None)
+@given(_problem())
+def test_partitions_are_valid(problem: tuple[np.ndarray, int, str, int]) -> None:
+    y, n_nodes, spec, seed = problem
+    parts = partition(y, n_nodes, spec, seed=seed)
+    total = _check_parts(parts, len(y), n_nodes)
+    if not spec.startswith("shards"):
+        assert total == len(y)
+    else:
+        k = int(spec.split(":")[1])
+        assert {len(p) for p in parts} == {k * (len(y) // (n_nodes * k))}
+    if spec == "iid":
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.mark.parametrize("spec", ["iid", "dirichlet:0.3", "shards:2"])
+def test_partition_is_seeded(digits: Dataset, spec: str) -> None:
+    a = partition(digits.y_train, 10, spec, seed=7)
+    b = partition(digits.y_train, 10, spec, seed=7)
+    c = partition(digits.y_train, 10, spec, seed=8)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not all(np.array_equal(p, q) for p, q in zip(a, c))
+
+
+def test_dirichlet_skews_labels(digits: Dataset) -> None:
+    def mean_classes(spec: str) -> float:
+        parts = partition(digits.y_train, 16, spec, seed=0)
+        summary = partition_summary(label_counts(digits.y_train, parts, 10))
+        return summary["classes_per_node_mean"]
+
+    assert mean_classes("iid") == 10.0
+    assert mean_classes("dirichlet:0.1") < 5.0
+    assert mean_classes("dirichlet:100") > 9.0
+
+
+def test_dirichlet_fills_empty_nodes() -> None:
+    # 64 nodes, 70 examples of a single class, tiny alpha: almost all nodes start empty
+    y = np.zeros(70, dtype=np.int64)
+    parts = partition(y, 64, "dirichlet:0.01", seed=0)
+    assert _check_parts(parts, 70, 64) == 70
+
+
+def test_dirichlet_respects_num_classes(digits: Dataset) -> None:
+    parts = partition(digits.y_train, 8, "dirichlet:0.5", seed=0, num_classes=12)
+    assert _check_parts(parts, len(digits.y_train), 8) == len(digits.y_train)
+    with pytest.raises(PartitionError) as err:
+        partition(digits.y_train, 8, "dirichlet:0.5", num_classes=5)
+    _one_line(err)
+
+
+def test_shards_limit_classes(digits: Dataset) -> None:
+    parts = partition(digits.y_train, 16, "shards:2", seed=0)
+    summary = partition_summary(label_counts(digits.y_train, parts, 10))
+    assert summary["classes_per_node_max"] <= 4
+    assert summary["examples_min"] == summary["examples_max"] == 2 * (1437 // 32)
+
+
+@pytest.mark.parametrize(
+    "spec", ["dirichlet:-1", "dirichlet:abc", "dirichlet:0", "dirichlet:nan", "dirichlet",
+             "shards:0", "shards:1.5", "shards", "foo", "iid:2", ""]
+)
+def test_bad_partition_spec(spec: str) -> None:
+    with pytest.raises(PartitionError) as err:
+        partition(np.arange(100) % 10, 4, spec)
+    assert _one_line(err) == (
+        f"bad partition {spec!r}; accepted: iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), "
+        "shards:K (K >= 1, e.g. shards:2)"
+    )
+
+
+def test_too_many_nodes(digits: Dataset) -> None:
+    with pytest.raises(PartitionError) as err:
+        partition(digits.y_train, 2000, "iid")
+    assert _one_line(err) == (
+        "cannot give 2000 nodes at least one example each from 1437 training examples"
+    )
+
+
+def test_too_many_shards() -> None:
+    with pytest.raises(PartitionError) as err:
+        partition(np.arange(10) % 2, 6, "shards:2")
+    assert "12 shards" in _one_line(err)
+
+
+def test_errors_share_the_base_class() -> None:
+    assert issubclass(PartitionError, GossipError) and issubclass(DataError, GossipError)
+
+
+def test_label_counts_and_summary() -> None:
+    y = np.array([0, 0, 1, 2, 2, 2])
+    parts = [np.array([0, 1]), np.array([2, 3, 4, 5])]
+    counts = label_counts(y, parts, 4)
+    np.testing.assert_array_equal(counts, [[2, 0, 0, 0], [0, 1, 3, 0]])
+    summary = partition_summary(counts)
+    assert summary == {
+        "examples_min": 2, "examples_mean": 3.0, "examples_max": 4,
+        "classes_per_node_min": 1, "classes_per_node_mean": 1.5, "classes_per_node_max": 2,
+    }
+    json.dumps(summary)  # plain Python numbers only
+
+
+def test_pad_partitions() -> None:
+    parts = [np.array([3, 7, 9], np.int64), np.array([0], np.int64), np.array([1, 2, 4, 5, 6], np.int64)]
+    idx, lengths = pad_partitions(parts)
+    assert idx.shape == (3, 5) and idx.dtype == np.int32
+    assert lengths.dtype == np.int32 and lengths.tolist() == [3, 1, 5]
+    np.testing.assert_array_equal(idx[0], [3, 7, 9, 3, 7])
+    np.testing.assert_array_equal(idx[1], [0, 0, 0, 0, 0])
+    for row, p, n in zip(idx, parts, lengths):
+        np.testing.assert_array_equal(row[:n], p)
+        assert set(row.tolist()) == set(p.tolist())
+
+
+def test_pad_partitions_on_real_partition(digits: Dataset) -> None:
+    parts = partition(digits.y_train, 16, "dirichlet:0.1", seed=0)
+    idx, lengths = pad_partitions(parts)
+    assert idx.shape == (16, max(map(len, parts)))
+    for row, p in zip(idx, parts):
+        assert set(row.tolist()) == set(p.tolist())
+
+
+def test_pad_partitions_rejects_empty_node() -> None:
+    with pytest.raises(PartitionError) as err:
+        pad_partitions([np.array([1]), np.array([], np.int64)])
+    _one_line(err)
