@@ -76,7 +76,9 @@ def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test_fraction {test_fraction} is out of range; accepted: 0 < test_fraction < 1")
+        raise DataError(
+            f"test_fraction {test_fraction} is out of range; accepted: 0 < test_fraction < 1"
+        )
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
     y = bunch.target.astype(np.int32)
@@ -131,6 +133,11 @@ def _load_npz(path: str) -> Dataset:
             f"dataset file {path!r} does not exist; pass a path to a .npz file with "
             "x_train, y_train, x_test, y_test"
         )
+    if not zipfile.is_zipfile(path):  # else np.load would try to read it as a pickle
+        raise DataError(
+            f"{path} is not a .npz (zip) archive; accepted: a file written by "
+            "numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in NPZ_KEYS if k not in npz.files]
@@ -142,15 +149,16 @@ def _load_npz(path: str) -> Dataset:
             arrays = {k: npz[k] for k in NPZ_KEYS}
     except DataError:
         raise
-    except ValueError as e:  # numpy refuses object (pickled) arrays with allow_pickle=False
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if "pickle" in str(e):  # numpy refuses object arrays when allow_pickle=False
+            raise DataError(
+                f"{path} holds pickled (object) arrays, which are never loaded; "
+                "accepted: plain numeric arrays x_train, y_train, x_test, y_test"
+            ) from e
         raise DataError(
-            f"{path} cannot be read without pickle ({first}); store plain numeric arrays "
-            "x_train, y_train, x_test, y_test"
+            f"{path} is not a readable .npz file ({type(e).__name__}); accepted: a file written "
+            "by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
         ) from e
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}); "
-                        "save one with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from e
     return _dataset_from_arrays(path, **arrays)
 
 
@@ -160,7 +168,9 @@ def _dataset_from_arrays(
     y_tr, y_te = _check_labels(name, "y_train", y_train), _check_labels(name, "y_test", y_test)
     for key, x, y in (("x_train", x_train, y_tr), ("x_test", x_test, y_te)):
         if x.dtype.kind not in "biuf":
-            raise DataError(f"{name}: {key} has dtype {x.dtype}; accepted: a numeric (int or float) array")
+            raise DataError(
+                f"{name}: {key} has dtype {x.dtype}; accepted: a numeric (int or float) array"
+            )
         if x.ndim < 2 or len(x) != len(y):
             raise DataError(
                 f"{name}: {key} has shape {x.shape} but its labels have {len(y)} entries; "
@@ -220,7 +230,9 @@ def partition(
     kind, value = _parse_partition(spec)
     y = np.asarray(y)
     if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
-        raise PartitionError(f"labels have dtype {y.dtype} and shape {y.shape}; accepted: a 1-D integer array")
+        raise PartitionError(
+            f"labels have dtype {y.dtype} and shape {y.shape}; accepted: a 1-D integer array"
+        )
     if isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) or n_nodes < 1:
         raise PartitionError(f"bad number of nodes {n_nodes!r}; accepted: an integer >= 1")
     n = len(y)
@@ -326,7 +338,9 @@ def partition_summary(counts: np.ndarray) -> dict:
     """Min/mean/max of examples and of distinct classes per node, as plain Python numbers."""
     counts = np.asarray(counts)
     if counts.ndim != 2 or counts.shape[0] == 0:
-        raise PartitionError(f"label counts have shape {counts.shape}; accepted: (n_nodes >= 1, num_classes)")
+        raise PartitionError(
+            f"label counts have shape {counts.shape}; accepted: (n_nodes >= 1, num_classes)"
+        )
     examples = counts.sum(axis=1)
     classes = (counts > 0).sum(axis=1)
     return {
@@ -347,6 +361,8 @@ def pad_partitions(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """
     lengths = np.array([len(p) for p in parts], dtype=np.int32)
     if len(parts) == 0 or lengths.min() == 0:
-        raise PartitionError("cannot pad partitions with an empty node; accepted: every node has >= 1 index")
+        raise PartitionError(
+            "cannot pad partitions with an empty node; accepted: every node has >= 1 index"
+        )
     idx = np.stack([np.resize(np.asarray(p), int(lengths.max())) for p in parts]).astype(np.int32)
     return idx, lengths

@@ -44,7 +44,7 @@ class MLP(nnx.Module):
 
 
 class CNN(nnx.Module):
-    """Two 3x3 conv layers (16, 32 channels) with a 2x2 average pool between, global pool, linear."""
+    """Conv(16, 3x3), relu, 2x2 average pool, Conv(32, 3x3), relu, global average pool, linear."""
 
     def __init__(self, channels: int, num_classes: int, *, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(channels, 16, kernel_size=(3, 3), rngs=rngs)

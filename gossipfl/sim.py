@@ -69,7 +69,9 @@ def _node_sharding(n: int) -> NamedSharding | None:
     count = max(d for d in range(1, len(devices) + 1) if n % d == 0)
     if count == 1:
         return None
-    mesh = jax.make_mesh((count,), ("nodes",), devices=devices[:count])
+    # Auto axes: XLA propagates the node sharding through vmap, gathers and the mixing itself.
+    mesh = jax.make_mesh((count,), ("nodes",), devices=devices[:count],
+                         axis_types=(jax.sharding.AxisType.Auto,))
     return NamedSharding(mesh, PartitionSpec("nodes"))
 
 
@@ -144,6 +146,28 @@ def _consensus_setup(cfg: SimConfig, n: int) -> _Setup:
     return _Setup(algorithm, state, lambda key: (), None, {"dim": cfg.dim})
 
 
+def make_chunk_runner(algorithm: algos.Algorithm, sample: Callable[[jax.Array], Any],
+                      mix: Callable[[Any, Any], Any]) -> Callable[[Any, Any, jax.Array], Any]:
+    """The jit-compiled simulator: `run(state, mixing_op, keys) -> (state, (distances, losses))`.
+
+    Runs one round per key with `jax.lax.scan`: every node's local update (`jax.vmap`), then,
+    for algorithms that mix, `mix(mixing_op, params)`. The state's buffers are donated, so each
+    call updates them in place instead of reallocating.
+    """
+
+    @partial(jax.jit, donate_argnums=0)
+    def run(state: Any, mixing_op: Any, keys: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
+        def one_round(state: Any, key: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
+            state, losses = jax.vmap(algorithm.local_update)(state, sample(key))
+            if algorithm.mixes:
+                state = state._replace(params=mix(mixing_op, state.params))
+            return state, (consensus_distance(state.params), jnp.mean(losses))
+
+        return jax.lax.scan(one_round, state, keys)
+
+    return run
+
+
 def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     """Runs one simulation and writes metrics.jsonl, summary.json and plot.png to its run dir.
 
@@ -169,19 +193,7 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     mixing_op = jax.device_put(jnp.asarray(W, jnp.float32) if use_dense else neighbor_lists(W),
                                _replicated(sharding))
     state = setup.state if sharding is None else jax.device_put(setup.state, sharding)
-    mix = mix_dense if use_dense else mix_sparse
-    algorithm, sample = setup.algorithm, setup.sample
-
-    def one_round(state: Any, key: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
-        state, losses = jax.vmap(algorithm.local_update)(state, sample(key))
-        if algorithm.mixes:
-            state = state._replace(params=mix(mixing_op, state.params))
-        return state, (consensus_distance(state.params), jnp.mean(losses))
-
-    # The state's buffers are donated: each chunk updates them in place instead of reallocating.
-    @partial(jax.jit, donate_argnums=0)
-    def run_chunk(state: Any, keys: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
-        return jax.lax.scan(one_round, state, keys)
+    run_chunk = make_chunk_runner(setup.algorithm, setup.sample, mix_dense if use_dense else mix_sparse)
     measure = jax.jit(consensus_distance)
 
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or run_name(cfg))
@@ -200,7 +212,7 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     while done < cfg.rounds:
         steps = min(cfg.eval_every, cfg.rounds - done)
         keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(jnp.arange(done, done + steps))
-        state, (dist, loss) = run_chunk(state, keys)
+        state, (dist, loss) = run_chunk(state, mixing_op, keys)
         dist, loss = np.asarray(dist), np.asarray(loss)
         chunk = [{"round": done + i + 1, "consensus_distance": float(dist[i])} for i in range(steps)]
         if setup.evaluate is not None:
