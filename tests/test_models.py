@@ -32,16 +32,21 @@ def test_output_shape_on_digits(digits: Dataset, name: str, cls: type) -> None:
     assert bool(jnp.all(jnp.isfinite(logits)))
 
 
-def test_flat_models_on_synthetic() -> None:
-    logreg = make_model("logreg", (16,), 4, seed=1)
-    mlp = make_model("mlp", (16,), 4, seed=1, hidden=13)
-    x = jnp.zeros((3, 16), jnp.float32)
-    assert logreg(x).shape == (3, 4) and mlp(x).shape == (3, 4)
-    assert isinstance(mlp, MLP) and mlp.hidden.kernel[...].shape == (16, 13)
+def test_flat_models_on_flat_inputs(digits: Dataset) -> None:
+    # (64,) inputs give the same parameter shapes as digits, so this reuses compiled inits
+    x = jnp.asarray(digits.x_train[:7]).reshape(7, 64)
+    for name in ("logreg", "mlp"):
+        assert make_model(name, (64,), 10, seed=1)(x).shape == (7, 10)
 
 
-def test_seed_controls_init() -> None:
-    x = jnp.ones((2, 8, 8, 1), jnp.float32)
+def test_mlp_hidden_width() -> None:
+    abstract = nnx.eval_shape(lambda: make_model("mlp", (16,), 4, hidden=13))
+    assert isinstance(abstract, MLP)
+    assert abstract.hidden.kernel.shape == (16, 13) and abstract.out.kernel.shape == (13, 4)
+
+
+def test_seed_controls_init(digits: Dataset) -> None:
+    x = jnp.asarray(digits.x_train[:7])
     a, b, c = (make_model("cnn", (8, 8, 1), 10, seed=s) for s in (0, 0, 1))
     np.testing.assert_array_equal(a(x), b(x))
     assert not np.allclose(a(x), c(x))
