@@ -96,12 +96,19 @@ def _print_summary(s: dict[str, Any]) -> None:
     topo, final = s["topology"], s["final"]
     table.add_row("topology", f"{topo['spec']}: {topo['nodes']} nodes, {topo['edges']} edges, {topo['weights']} weights")
     table.add_row("rounds", f"{s['rounds']}  ({s['wall_seconds']:.2f} s, {s['node_steps_per_second']:,.0f} node-steps/s, {s['devices']} device(s), {s['mixing_kernel']} kernel)")
-    table.add_row("consensus distance", f"{final['initial_consensus_distance']:.3e} -> {final['consensus_distance']:.3e}")
-    measured = s["measured_rate"]
-    table.add_row("per-round contraction", f"predicted (SLEM) {s['predicted_rate']:.4f}, measured {measured:.4f}" if measured is not None else f"predicted (SLEM) {s['predicted_rate']:.4f}, measured n/a")
+    if s["config"]["algorithm"] == "centralized":
+        b = s["config"]["batch_size"]
+        table.add_row("reference", f"one model, one step per round on all nodes' samples ({topo['nodes']} x {b} = {topo['nodes'] * b} per batch)")
+    else:
+        table.add_row("consensus distance", f"{final['initial_consensus_distance']:.3e} -> {final['consensus_distance']:.3e}")
+        measured = s["measured_rate"]
+        table.add_row("per-round contraction",
+                      f"predicted (SLEM) {s['predicted_rate']:.4f}, measured "
+                      + (f"{measured:.4f}" if measured is not None else "n/a"))
     if "accuracy" in final:
         table.add_row("averaged model", f"test accuracy {100 * final['accuracy']:.2f}%, loss {final['loss']:.4f}")
-        table.add_row("node accuracy", f"min {100 * final['node_accuracy_min']:.2f}%  mean {100 * final['node_accuracy_mean']:.2f}%  max {100 * final['node_accuracy_max']:.2f}%")
+        if s["config"]["algorithm"] != "centralized":
+            table.add_row("node accuracy", f"min {100 * final['node_accuracy_min']:.2f}%  mean {100 * final['node_accuracy_mean']:.2f}%  max {100 * final['node_accuracy_max']:.2f}%")
         p = s["partition"]
         table.add_row("partition", f"{s['config']['partition']}: {p['examples_min']}-{p['examples_max']} examples/node, {p['classes_per_node_mean']:.1f} classes/node on average (min {p['classes_per_node_min']}, max {p['classes_per_node_max']})")
     console.print(table)
