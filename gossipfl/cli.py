@@ -72,19 +72,28 @@ def simulate(
         flags["out"] = str(flags["out"])
     cfg = load_config(config, flags) if config else make_config(flags, source="flags")
 
-    with Progress(
+    # The bar starts on the first report, after the config, graph and data have been checked,
+    # so a rejected run prints only its error line.
+    bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"), console=console, transient=False,
-    ) as bar:
-        task = bar.add_task(f"{cfg.algorithm} on {cfg.topology}", total=cfg.rounds, status="compiling...")
+    )
+    task = None
 
-        def progress(done: int, total: int, rec: dict[str, Any]) -> None:
-            status = f"consensus {rec['consensus_distance']:.3e}"
-            if "accuracy" in rec:
-                status += f"  acc {100 * rec['accuracy']:.1f}%"
-            bar.update(task, completed=done, status=status)
+    def progress(done: int, total: int, rec: dict[str, Any]) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(f"{cfg.algorithm} on {cfg.topology}", total=total, status="compiling...")
+        status = f"consensus {rec['consensus_distance']:.3e}"
+        if "accuracy" in rec:
+            status += f"  acc {100 * rec['accuracy']:.1f}%"
+        bar.update(task, completed=done, status=status if done else "compiling...")
 
+    try:
         result = run_simulation(cfg, progress=progress)
+    finally:
+        bar.stop()
 
     plot_path = plot_runs([result.run_dir], result.run_dir / "plot.png")
     _print_summary(result.summary)

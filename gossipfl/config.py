@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +48,11 @@ class SimConfig:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         if self.nodes is not None and (isinstance(self.nodes, bool) or not isinstance(self.nodes, int)):
             raise ConfigError(f"nodes must be an integer, got {self.nodes!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                or not 0 < self.lr < math.inf):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values."""
@@ -79,7 +81,10 @@ def make_config(values: Mapping[str, Any], *, source: str = "config") -> SimConf
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {source}; "
             f"valid keys: {', '.join(config_keys())}"
         )
-    return SimConfig(**values)
+    try:
+        return SimConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {source})") from None
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SimConfig:
@@ -94,8 +99,12 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
             raw = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory; pass a .toml file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror}") from None
     if set(raw) == {"experiment"} and isinstance(raw["experiment"], dict):
         raw = raw["experiment"]
     values = {**raw, **(overrides or {})}

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import GossipError
+
 # float32 parameters: below ~1e-5 of the largest distance, rounding noise dominates the signal.
 _FLOOR = 1e-5
 
@@ -19,7 +21,13 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise GossipError(f"cannot write the run to {str(run_dir)!r}: a file is in the way; "
+                              "pass --out with a directory path") from None
+        except OSError as e:
+            raise GossipError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
         for stale in ("metrics.jsonl", "summary.json"):
             (self.run_dir / stale).unlink(missing_ok=True)
         self._file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
@@ -66,8 +74,6 @@ def fit_rate(distances: Sequence[float]) -> float | None:
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Reads a run directory: summary.json ({} if the run did not finish) and metrics.jsonl records."""
-    from .errors import GossipError
-
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
