@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -42,25 +43,25 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @_friendly_errors
 def simulate(
-    topology: Optional[str] = typer.Option(None, "--topology", "-t", help="Inline spec (ring:16, torus:4x4, exponential:32, random-regular:64:4, ...) or a topology file (.toml, .graphml, edge list). Default: ring."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help="Number of nodes, for specs given without a size (default 16)."),
-    weights: Optional[str] = typer.Option(None, help="Mixing-weight rule: metropolis (default), max-degree, uniform."),
-    algorithm: Optional[str] = typer.Option(None, "--algorithm", "-a", help="dpsgd (default), consensus (pure averaging of random vectors), centralized (the reference)."),
-    dataset: Optional[str] = typer.Option(None, help="digits (default), synthetic[:D:C], or a .npz with x_train, y_train, x_test, y_test."),
-    partition: Optional[str] = typer.Option(None, help="iid (default), dirichlet:ALPHA (label skew), shards:K."),
-    model: Optional[str] = typer.Option(None, help="logreg, mlp (default), cnn."),
-    hidden: Optional[int] = typer.Option(None, help="Hidden width of the MLP (default 64)."),
-    optimizer: Optional[str] = typer.Option(None, help="Local optimizer: sgd (default), momentum, adam."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 500)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default 0.1)."),
-    batch_size: Optional[int] = typer.Option(None, help="Minibatch per node and round (default 32)."),
-    dim: Optional[int] = typer.Option(None, help="consensus: length of each node's random vector (default 100)."),
-    eval_every: Optional[int] = typer.Option(None, help="Rounds between test evaluations (default 10)."),
-    mixing: Optional[str] = typer.Option(None, help="Mixing kernel: auto (default), sparse, dense."),
-    seed: Optional[int] = typer.Option(None, help="Seed for graph, data split, init and sampling (default 0)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
-    name: Optional[str] = typer.Option(None, help="Run name (default derived from the config and time)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML experiment config with the same keys as these flags; flags override it."),
+    topology: str | None = typer.Option(None, "--topology", "-t", help="Inline spec (ring:16, torus:4x4, exponential:32, random-regular:64:4, ...) or a topology file (.toml, .graphml, edge list). Default: ring."),
+    nodes: int | None = typer.Option(None, "--nodes", "-n", help="Number of nodes, for specs given without a size (default 16)."),
+    weights: str | None = typer.Option(None, help="Mixing-weight rule: metropolis (default), max-degree, uniform."),
+    algorithm: str | None = typer.Option(None, "--algorithm", "-a", help="dpsgd (default), consensus (pure averaging of random vectors), centralized (the reference)."),
+    dataset: str | None = typer.Option(None, help="digits (default), synthetic[:D:C], or a .npz with x_train, y_train, x_test, y_test."),
+    partition: str | None = typer.Option(None, help="iid (default), dirichlet:ALPHA (label skew), shards:K."),
+    model: str | None = typer.Option(None, help="logreg, mlp (default), cnn."),
+    hidden: int | None = typer.Option(None, help="Hidden width of the MLP (default 64)."),
+    optimizer: str | None = typer.Option(None, help="Local optimizer: sgd (default), momentum, adam."),
+    rounds: int | None = typer.Option(None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 500)."),
+    lr: float | None = typer.Option(None, help="Learning rate (default 0.1)."),
+    batch_size: int | None = typer.Option(None, help="Minibatch per node and round (default 32)."),
+    dim: int | None = typer.Option(None, help="consensus: length of each node's random vector (default 100)."),
+    eval_every: int | None = typer.Option(None, help="Rounds between test evaluations (default 10)."),
+    mixing: str | None = typer.Option(None, help="Mixing kernel: auto (default), sparse, dense."),
+    seed: int | None = typer.Option(None, help="Seed for graph, data split, init and sampling (default 0)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
+    name: str | None = typer.Option(None, help="Run name (default derived from the config and time)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML experiment config with the same keys as these flags; flags override it."),
 ) -> None:
     """Simulate N gossip nodes in one process; write metrics.jsonl, summary.json and plot.png."""
     flags = {k: v for k, v in locals().items() if k != "config" and v is not None}
@@ -104,7 +105,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     table = Table(title="result", show_header=False)
     topo, final = s["topology"], s["final"]
     table.add_row("topology", f"{topo['spec']}: {topo['nodes']} nodes, {topo['edges']} edges, {topo['weights']} weights")
-    table.add_row("rounds", f"{s['rounds']}  ({s['wall_seconds']:.2f} s, {s['node_steps_per_second']:,.0f} node-steps/s, {s['devices']} device(s), {s['mixing_kernel']} kernel)")
+    speed = (f", {s['ms_per_round']:.2f} ms/round = {s['node_steps_per_second']:,.0f} node-steps/s steady"
+             if s["ms_per_round"] is not None else "")
+    table.add_row("rounds", f"{s['rounds']} in {s['wall_seconds']:.2f} s{speed} ({s['devices']} device(s), {s['mixing_kernel']} kernel)")
     if s["config"]["algorithm"] == "centralized":
         b = s["config"]["batch_size"]
         table.add_row("reference", f"one model, one step per round on all nodes' samples ({topo['nodes']} x {b} = {topo['nodes'] * b} per batch)")
@@ -127,13 +130,14 @@ def _print_summary(s: dict[str, Any]) -> None:
 @_friendly_errors
 def topology_cmd(
     spec: str = typer.Argument(..., help="Inline spec (ring:16, torus:4x4, complete:8, star:8, hypercube:16, exponential:16, random-regular:N:D, erdos-renyi:N:P, small-world:N:K:P) or a file."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", "-n", help="Size, for a spec given without one."),
+    nodes: int | None = typer.Option(None, "--nodes", "-n", help="Size, for a spec given without one."),
     weights: str = typer.Option("metropolis", help="metropolis, max-degree or uniform."),
     seed: int = typer.Option(0, help="Seed for random generators."),
-    draw: Optional[Path] = typer.Option(None, help="Write a drawing of the graph to this PNG."),
+    draw: Path | None = typer.Option(None, help="Write a drawing of the graph to this PNG."),
 ) -> None:
     """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates."""
-    from .topology import build_graph, describe, draw as draw_graph, mixing_matrix, spectrum
+    from .topology import build_graph, describe, mixing_matrix, spectrum
+    from .topology import draw as draw_graph
 
     graph = build_graph(spec, nodes=nodes, seed=seed)
     W = mixing_matrix(graph, weights)
@@ -154,7 +158,7 @@ def topology_cmd(
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with metrics.jsonl)."),
     out: Path = typer.Option(Path("consensus.png"), "--out", "-o", help="PNG to write."),
-    title: Optional[str] = typer.Option(None, help="Figure title."),
+    title: str | None = typer.Option(None, help="Figure title."),
 ) -> None:
     """Plot consensus distance (log scale, with the predicted SLEM^t line) and accuracy of runs."""
     from .plot import plot_runs

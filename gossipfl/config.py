@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .algorithms import ALGORITHMS, OPTIMIZERS
 from .errors import ConfigError

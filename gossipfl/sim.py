@@ -9,16 +9,17 @@ and the metrics are appended to `metrics.jsonl`. The node axis is sharded over a
 
 from __future__ import annotations
 
-import math
 import time
-from functools import partial
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import networkx as nx
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -29,7 +30,7 @@ from .data import Dataset, label_counts, load_dataset, pad_partitions, partition
 from .metrics import MetricsWriter, fit_rate
 from .mixing import consensus_distance, mix_dense, mix_sparse, neighbor_lists, network_mean
 from .models import make_model
-from .topology import build_graph, mixing_matrix, spectrum
+from .topology import Spectrum, build_graph, mixing_matrix, spectrum
 
 DEFAULT_NODES = 16
 Progress = Callable[[int, int, dict[str, Any]], None]
@@ -80,17 +81,31 @@ def _replicated(sharding: NamedSharding | None) -> NamedSharding | None:
 
 
 @dataclass
-class _Setup:
-    """The pieces a run needs once config, graph and data are resolved."""
+class Prepared:
+    """A run ready to go: graph, weights, stacked node states, data and the compiled round.
 
+    `run_chunk(state, mixing_op, data, keys)` runs one round per key and returns the new state
+    (the old one is donated) and per-round (consensus distances, mean training losses);
+    `evaluate(state, data)` (None for consensus) gives the test metrics.
+    """
+
+    config: SimConfig
+    graph: nx.Graph
+    W: np.ndarray
+    spectrum: Spectrum
     algorithm: algos.Algorithm
-    state: Any  # stacked NodeState
-    sample: Callable[[jax.Array], Any]  # key -> stacked batch
-    evaluate: Callable[[Any], dict[str, jax.Array]] | None
+    state: Any
+    data: Any
+    mixing_op: Any
+    kernel: str
+    devices: int
+    run_chunk: Callable[[Any, Any, Any, jax.Array], tuple[Any, tuple[jax.Array, jax.Array]]]
+    evaluate: Callable[[Any, Any], dict[str, jax.Array]] | None
     info: dict[str, Any]
 
 
-def _learning_setup(cfg: SimConfig, n: int, dataset: Dataset) -> _Setup:
+def _learning_parts(cfg: SimConfig, n: int, dataset: Dataset):
+    """Algorithm, initial states, data arrays, sampler and evaluator of a learning run."""
     parts = partition(dataset.y_train, n, cfg.partition, seed=cfg.seed, num_classes=dataset.num_classes)
     counts = label_counts(dataset.y_train, parts, dataset.num_classes)
     idx, lengths = pad_partitions(parts)
@@ -104,25 +119,25 @@ def _learning_setup(cfg: SimConfig, n: int, dataset: Dataset) -> _Setup:
     copies = 1 if central else n  # every node starts from the same initial model
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (copies, *p.shape)), params)
     state = jax.vmap(algorithm.init)(stacked)
-
-    x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    idx, lengths = jnp.asarray(idx), jnp.asarray(lengths)
-    rows = jnp.arange(n)[:, None]
+    # The data travels as jit arguments, not closed-over constants, so large datasets are not
+    # baked into (and recompiled with) every program.
+    data = {"x_train": dataset.x_train, "y_train": dataset.y_train, "x_test": dataset.x_test,
+            "y_test": dataset.y_test, "idx": idx, "lengths": lengths}
     b = cfg.batch_size
 
-    def sample(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def sample(data: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, jax.Array]:
         # Each node draws b examples (with replacement) from its own partition; the centralized
         # reference sees the very same n*b examples as one batch.
-        pick = idx[rows, jax.random.randint(key, (n, b), 0, lengths[:, None])]
+        draw = jax.random.randint(key, (n, b), 0, data["lengths"][:, None])
+        pick = jnp.take_along_axis(data["idx"], draw, axis=1)
         if central:
             pick = pick.reshape(1, n * b)
-        return x_train[pick], y_train[pick]
+        return data["x_train"][pick], data["y_train"][pick]
 
-    def evaluate(state: Any) -> dict[str, jax.Array]:
-        loss, acc = algos.evaluate(graphdef, network_mean(state.params), x_test, y_test)
-        _, node_acc = jax.vmap(algos.evaluate, in_axes=(None, 0, None, None))(
-            graphdef, state.params, x_test, y_test)
+    def evaluate(state: Any, data: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        x, y = data["x_test"], data["y_test"]
+        loss, acc = algos.evaluate(graphdef, network_mean(state.params), x, y)
+        _, node_acc = jax.vmap(algos.evaluate, in_axes=(None, 0, None, None))(graphdef, state.params, x, y)
         return {"loss": loss, "accuracy": acc, "node_accuracy_min": node_acc.min(),
                 "node_accuracy_mean": node_acc.mean(), "node_accuracy_max": node_acc.max()}
 
@@ -136,29 +151,28 @@ def _learning_setup(cfg: SimConfig, n: int, dataset: Dataset) -> _Setup:
         "partition": partition_summary(counts),
         "label_counts": counts.tolist(),
     }
-    return _Setup(algorithm, state, sample, jax.jit(evaluate), info)
+    return algorithm, state, data, sample, jax.jit(evaluate), info
 
 
-def _consensus_setup(cfg: SimConfig, n: int) -> _Setup:
+def _consensus_parts(cfg: SimConfig, n: int):
     algorithm = algos.consensus()
     x0 = jax.random.normal(jax.random.key(cfg.seed), (n, cfg.dim), jnp.float32)
-    state = jax.vmap(algorithm.init)(x0)
-    return _Setup(algorithm, state, lambda key: (), None, {"dim": cfg.dim})
+    return algorithm, jax.vmap(algorithm.init)(x0), {}, lambda data, key: (), None, {"dim": cfg.dim}
 
 
-def make_chunk_runner(algorithm: algos.Algorithm, sample: Callable[[jax.Array], Any],
-                      mix: Callable[[Any, Any], Any]) -> Callable[[Any, Any, jax.Array], Any]:
-    """The jit-compiled simulator: `run(state, mixing_op, keys) -> (state, (distances, losses))`.
+def make_chunk_runner(algorithm: algos.Algorithm, sample: Callable[[Any, jax.Array], Any],
+                      mix: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    """The jit-compiled simulator: `run(state, mixing_op, data, keys) -> (state, (dists, losses))`.
 
-    Runs one round per key with `jax.lax.scan`: every node's local update (`jax.vmap`), then,
-    for algorithms that mix, `mix(mixing_op, params)`. The state's buffers are donated, so each
-    call updates them in place instead of reallocating.
+    Runs one round per key with `jax.lax.scan`: every node's local update on its own minibatch
+    `sample(data, key)` (`jax.vmap` over nodes), then, for algorithms that mix,
+    `mix(mixing_op, params)`. The state is donated, so each call updates it in place.
     """
 
     @partial(jax.jit, donate_argnums=0)
-    def run(state: Any, mixing_op: Any, keys: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
+    def run(state: Any, mixing_op: Any, data: Any, keys: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
         def one_round(state: Any, key: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
-            state, losses = jax.vmap(algorithm.local_update)(state, sample(key))
+            state, losses = jax.vmap(algorithm.local_update)(state, sample(data, key))
             if algorithm.mixes:
                 state = state._replace(params=mix(mixing_op, state.params))
             return state, (consensus_distance(state.params), jnp.mean(losses))
@@ -166,6 +180,34 @@ def make_chunk_runner(algorithm: algos.Algorithm, sample: Callable[[jax.Array], 
         return jax.lax.scan(one_round, state, keys)
 
     return run
+
+
+def prepare(cfg: SimConfig) -> Prepared:
+    """Checks the config and builds everything a run needs (graph, W, data, states, round).
+
+    Raises:
+      GossipError: for any invalid topology, data, partition, model or config value.
+    """
+    graph = resolve_graph(cfg)
+    n = graph.number_of_nodes()
+    W = mixing_matrix(graph, cfg.weights)
+    if cfg.algorithm == "consensus":
+        algorithm, state, data, sample, evaluate, info = _consensus_parts(cfg, n)
+    else:
+        algorithm, state, data, sample, evaluate, info = _learning_parts(
+            cfg, n, load_dataset(cfg.dataset, seed=cfg.seed))
+    dense = cfg.mixing == "dense" or (cfg.mixing == "auto" and graph.number_of_edges() * 2 > 0.5 * n * n)
+    sharding = _node_sharding(n) if algorithm.mixes else None
+    replicated = _replicated(sharding)
+    mixing_op = jnp.asarray(W, jnp.float32) if dense else neighbor_lists(W)
+    return Prepared(
+        config=cfg, graph=graph, W=W, spectrum=spectrum(W), algorithm=algorithm,
+        state=jax.device_put(state, sharding), data=jax.device_put(data, replicated),
+        mixing_op=jax.device_put(mixing_op, replicated), kernel="dense" if dense else "sparse",
+        devices=1 if sharding is None else int(sharding.mesh.size),
+        run_chunk=make_chunk_runner(algorithm, sample, mix_dense if dense else mix_sparse),
+        evaluate=evaluate, info=info,
+    )
 
 
 def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
@@ -178,30 +220,16 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     Raises:
       GossipError: for any invalid topology, data, partition, model or config value.
     """
-    graph = resolve_graph(cfg)
-    n = graph.number_of_nodes()
-    W = mixing_matrix(graph, cfg.weights)
-    spec = spectrum(W)
-    if cfg.algorithm == "consensus":
-        setup = _consensus_setup(cfg, n)
-    else:
-        setup = _learning_setup(cfg, n, load_dataset(cfg.dataset, seed=cfg.seed))
-
-    use_dense = cfg.mixing == "dense" or (
-        cfg.mixing == "auto" and graph.number_of_edges() * 2 > 0.5 * n * n)
-    sharding = _node_sharding(n) if setup.algorithm.mixes else None
-    mixing_op = jax.device_put(jnp.asarray(W, jnp.float32) if use_dense else neighbor_lists(W),
-                               _replicated(sharding))
-    state = setup.state if sharding is None else jax.device_put(setup.state, sharding)
-    run_chunk = make_chunk_runner(setup.algorithm, setup.sample, mix_dense if use_dense else mix_sparse)
+    run = prepare(cfg)
+    state, data, n = run.state, run.data, run.graph.number_of_nodes()
     measure = jax.jit(consensus_distance)
 
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or run_name(cfg))
     writer = MetricsWriter(run_dir)
     base_key = jax.random.key(cfg.seed + 1)
     first = {"round": 0, "consensus_distance": float(measure(state.params))}
-    if setup.evaluate is not None:
-        first.update({k: float(v) for k, v in setup.evaluate(state).items()})
+    if run.evaluate is not None:
+        first.update({k: float(v) for k, v in run.evaluate(state, data).items()})
     records = [first]
     writer.write(first)
     if progress:
@@ -209,16 +237,22 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
 
     start = time.perf_counter()
     done = 0
+    compiled: set[int] = set()  # chunk lengths already compiled
+    steady_rounds, steady_seconds = 0, 0.0  # rounds timed without compilation in them
     while done < cfg.rounds:
         steps = min(cfg.eval_every, cfg.rounds - done)
         keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(jnp.arange(done, done + steps))
-        state, (dist, loss) = run_chunk(state, mixing_op, keys)
+        tic = time.perf_counter()
+        state, (dist, loss) = run.run_chunk(state, run.mixing_op, data, keys)
         dist, loss = np.asarray(dist), np.asarray(loss)
+        if steps in compiled:
+            steady_rounds, steady_seconds = steady_rounds + steps, steady_seconds + time.perf_counter() - tic
+        compiled.add(steps)
         chunk = [{"round": done + i + 1, "consensus_distance": float(dist[i])} for i in range(steps)]
-        if setup.evaluate is not None:
-            for rec, value in zip(chunk, loss):
+        if run.evaluate is not None:
+            for rec, value in zip(chunk, loss, strict=True):
                 rec["train_loss"] = float(value)
-            chunk[-1].update({k: float(v) for k, v in setup.evaluate(state).items()})
+            chunk[-1].update({k: float(v) for k, v in run.evaluate(state, data).items()})
         done += steps
         for rec in chunk:
             writer.write(rec)
@@ -233,19 +267,21 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
         "config": cfg.to_dict(),
         "run_dir": str(run_dir),
         "topology": {
-            "spec": cfg.topology, "nodes": n, "edges": graph.number_of_edges(), "weights": cfg.weights,
-            "slem": spec.slem, "spectral_gap": spec.spectral_gap,
+            "spec": cfg.topology, "nodes": n, "edges": run.graph.number_of_edges(), "weights": cfg.weights,
+            "slem": run.spectrum.slem, "spectral_gap": run.spectrum.spectral_gap,
         },
-        "predicted_rate": spec.slem,
+        "predicted_rate": run.spectrum.slem,
         "measured_rate": fit_rate(distances),
         "rounds": cfg.rounds,
         "final": {"consensus_distance": distances[-1], "initial_consensus_distance": distances[0],
                   **{k: v for k, v in last_eval.items() if k != "round"}},
-        "mixing_kernel": "dense" if use_dense else "sparse",
-        "devices": 1 if sharding is None else int(sharding.mesh.size),
+        "mixing_kernel": run.kernel,
+        "devices": run.devices,
         "wall_seconds": elapsed,
-        "node_steps_per_second": cfg.rounds * n / elapsed if elapsed > 0 else math.inf,
-        **setup.info,
+        # steady state: rounds whose chunk needed no compilation; evaluation time excluded
+        "ms_per_round": 1e3 * steady_seconds / steady_rounds if steady_rounds else None,
+        "node_steps_per_second": steady_rounds * n / steady_seconds if steady_seconds > 0 else None,
+        **run.info,
     }
     writer.finish(summary)
     return SimResult(run_dir=run_dir, summary=summary, records=records)

@@ -109,7 +109,7 @@ def test_tiled_path_with_remainder_matches_dense() -> None:
     x = jnp.asarray(np.random.default_rng(0).standard_normal((12, 1003)), jnp.float32)
     nbrs = neighbor_lists(W)
     # 512-byte tiles over 12 rows -> 8 columns per tile: 125 full tiles and a 3-column remainder
-    tiled = mix_sparse(nbrs, x, tile_bytes=512)
+    tiled = mix_sparse(nbrs, x, tile_bytes=512, min_tile_columns=8)
     np.testing.assert_allclose(np.asarray(tiled), W @ np.asarray(x, np.float64), atol=2e-5)
 
 
