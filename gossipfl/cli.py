@@ -52,7 +52,7 @@ def simulate(
     model: str | None = typer.Option(None, help="logreg, mlp (default), cnn."),
     hidden: int | None = typer.Option(None, help="Hidden width of the MLP (default 64)."),
     optimizer: str | None = typer.Option(None, help="Local optimizer: sgd (default), momentum, adam."),
-    rounds: int | None = typer.Option(None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 500)."),
+    rounds: int | None = typer.Option(None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 1000)."),
     lr: float | None = typer.Option(None, help="Learning rate (default 0.1)."),
     batch_size: int | None = typer.Option(None, help="Minibatch per node and round (default 32)."),
     dim: int | None = typer.Option(None, help="consensus: length of each node's random vector (default 100)."),
@@ -98,7 +98,7 @@ def simulate(
 
     plot_path = plot_runs([result.run_dir], result.run_dir / "plot.png")
     _print_summary(result.summary)
-    console.print(f"wrote {result.run_dir}/metrics.jsonl, summary.json and {plot_path}")
+    console.print(f"wrote {result.run_dir}/metrics.jsonl, summary.json and {plot_path}", soft_wrap=True)
 
 
 def _print_summary(s: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ class SimConfig:
     model: str = "mlp"  # logreg | mlp | cnn
     hidden: int = 64  # hidden width of the MLP
     optimizer: str = "sgd"  # sgd | momentum | adam
-    rounds: int = 500
+    rounds: int = 1000
     lr: float = 0.1
     batch_size: int = 32  # per node and round
     dim: int = 100  # consensus: length of each node's random vector

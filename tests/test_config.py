@@ -12,7 +12,7 @@ import pytest
 from gossipfl.config import SimConfig, config_keys, load_config, make_config
 from gossipfl.errors import ConfigError, GossipError
 
-# The defaults the CLI help text promises ("default 500", "default 0.1", ...).
+# The defaults the CLI help text promises ("default 1000", "default 0.1", ...).
 DEFAULTS = {
     "topology": "ring",
     "nodes": None,
@@ -23,7 +23,7 @@ DEFAULTS = {
     "model": "mlp",
     "hidden": 64,
     "optimizer": "sgd",
-    "rounds": 500,
+    "rounds": 1000,
     "lr": 0.1,
     "batch_size": 32,
     "dim": 100,
