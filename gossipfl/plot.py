@@ -21,7 +21,7 @@ def _label(run_dir: Path, summary: dict) -> str:
         bits[-1] += f" (N={topo['nodes']})"
     if cfg.get("algorithm") != "consensus" and cfg.get("partition"):
         bits.append(cfg["partition"])
-    return f"{run_dir.name}: " + ", ".join(bits)
+    return ", ".join(bits)
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None) -> Path:
@@ -46,6 +46,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
             raise GossipError(f"run {str(d)!r} has no records yet")
         runs.append((Path(d), summary, records))
     learning = any(any("accuracy" in r for r in recs) for _, _, recs in runs)
+    labels = [_label(d, s) for d, s, _ in runs]
+    if len(set(labels)) < len(labels):  # same settings: tell the runs apart by directory
+        labels = [f"{d.name}: {label}" for (d, _, _), label in zip(runs, labels, strict=True)]
 
     fig, axes = plt.subplots(1, 2 if learning else 1, figsize=(13 if learning else 7.5, 5), squeeze=False)
     ax_c = axes[0, 0]
@@ -55,7 +58,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
         color = colors[i % len(colors)]
         rounds = np.array([r["round"] for r in records])
         dist = np.array([r["consensus_distance"] for r in records], dtype=float)
-        label = _label(run_dir, summary)
+        label = labels[i]
         positive = dist > 0
         ax_c.plot(rounds[positive], dist[positive], color=color, lw=1.8, label=label)
         if positive.any():
@@ -85,7 +88,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
             color = colors[i % len(colors)]
             rounds = np.array([r["round"] for r in evals])
             ax_a.plot(rounds, [100 * r["accuracy"] for r in evals], color=color, lw=1.8,
-                      label=f"{_label(run_dir, summary)}: averaged model")
+                      label=f"{labels[i]}: averaged model")
             if "node_accuracy_min" in evals[0] and summary.get("config", {}).get("algorithm") != "centralized":
                 lo = [100 * r["node_accuracy_min"] for r in evals]
                 hi = [100 * r["node_accuracy_max"] for r in evals]
