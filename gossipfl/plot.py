@@ -60,6 +60,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
         dist = np.array([r["consensus_distance"] for r in records], dtype=float)
         label = labels[i]
         positive = dist > 0
+        if not positive.any():  # a single model (the centralized reference) has no spread
+            continue
         ax_c.plot(rounds[positive], dist[positive], color=color, lw=1.8, label=label)
         if positive.any():
             floor = min(floor, dist[positive].min())
