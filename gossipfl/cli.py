@@ -43,16 +43,33 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @_friendly_errors
 def simulate(
-    topology: str | None = typer.Option(None, "--topology", "-t", help="Inline spec (ring:16, torus:4x4, exponential:32, random-regular:64:4, ...) or a topology file (.toml, .graphml, edge list). Default: ring."),
-    nodes: int | None = typer.Option(None, "--nodes", "-n", help="Number of nodes, for specs given without a size (default 16)."),
+    topology: str | None = typer.Option(
+        None,
+        "--topology",
+        "-t",
+        help="Inline spec (ring:16, torus:4x4, exponential:32, random-regular:64:4, ...) "
+        "or a topology file (.toml, .graphml, edge list). Default: ring.",
+    ),
+    nodes: int | None = typer.Option(
+        None, "--nodes", "-n", help="Number of nodes, for specs given without a size (default 16)."
+    ),
     weights: str | None = typer.Option(None, help="Mixing-weight rule: metropolis (default), max-degree, uniform."),
-    algorithm: str | None = typer.Option(None, "--algorithm", "-a", help="dpsgd (default), consensus (pure averaging of random vectors), centralized (the reference)."),
-    dataset: str | None = typer.Option(None, help="digits (default), synthetic[:D:C], or a .npz with x_train, y_train, x_test, y_test."),
+    algorithm: str | None = typer.Option(
+        None,
+        "--algorithm",
+        "-a",
+        help="dpsgd (default), consensus (pure averaging of random vectors), centralized (the reference).",
+    ),
+    dataset: str | None = typer.Option(
+        None, help="digits (default), synthetic[:D:C], or a .npz with x_train, y_train, x_test, y_test."
+    ),
     partition: str | None = typer.Option(None, help="iid (default), dirichlet:ALPHA (label skew), shards:K."),
     model: str | None = typer.Option(None, help="logreg, mlp (default), cnn."),
     hidden: int | None = typer.Option(None, help="Hidden width of the MLP (default 64)."),
     optimizer: str | None = typer.Option(None, help="Local optimizer: sgd (default), momentum, adam."),
-    rounds: int | None = typer.Option(None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 1000)."),
+    rounds: int | None = typer.Option(
+        None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 1000)."
+    ),
     lr: float | None = typer.Option(None, help="Learning rate (default 0.1)."),
     batch_size: int | None = typer.Option(None, help="Minibatch per node and round (default 32)."),
     dim: int | None = typer.Option(None, help="consensus: length of each node's random vector (default 100)."),
@@ -61,7 +78,9 @@ def simulate(
     seed: int | None = typer.Option(None, help="Seed for graph, data split, init and sampling (default 0)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
     name: str | None = typer.Option(None, help="Run name (default derived from the config and time)."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="TOML experiment config with the same keys as these flags; flags override it."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML experiment config with the same keys as these flags; flags override it."
+    ),
 ) -> None:
     """Simulate N gossip nodes in one process; write metrics.jsonl, summary.json and plot.png."""
     flags = {k: v for k, v in locals().items() if k != "config" and v is not None}
@@ -76,8 +95,13 @@ def simulate(
     # The bar starts on the first report, after the config, graph and data have been checked,
     # so a rejected run prints only its error line.
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=False,
     )
     task = None
 
@@ -104,35 +128,64 @@ def simulate(
 def _print_summary(s: dict[str, Any]) -> None:
     table = Table(title="result", show_header=False)
     topo, final = s["topology"], s["final"]
-    table.add_row("topology", f"{topo['spec']}: {topo['nodes']} nodes, {topo['edges']} edges, {topo['weights']} weights")
-    speed = (f", {s['ms_per_round']:.2f} ms/round = {s['node_steps_per_second']:,.0f} node-steps/s steady"
-             if s["ms_per_round"] is not None else "")
-    table.add_row("rounds", f"{s['rounds']} in {s['wall_seconds']:.2f} s{speed} ({s['devices']} device(s), {s['mixing_kernel']} kernel)")
+    table.add_row(
+        "topology", f"{topo['spec']}: {topo['nodes']} nodes, {topo['edges']} edges, {topo['weights']} weights"
+    )
+    speed = (
+        f", {s['ms_per_round']:.2f} ms/round = {s['node_steps_per_second']:,.0f} node-steps/s steady"
+        if s["ms_per_round"] is not None
+        else ""
+    )
+    table.add_row(
+        "rounds",
+        f"{s['rounds']} in {s['wall_seconds']:.2f} s{speed} "
+        f"({s['devices']} device(s), {s['mixing_kernel']} kernel)",
+    )
     if s["config"]["algorithm"] == "centralized":
         b = s["config"]["batch_size"]
-        table.add_row("reference", f"one model, one step per round on all nodes' samples ({topo['nodes']} x {b} = {topo['nodes'] * b} per batch)")
+        table.add_row(
+            "reference",
+            f"one model, one step per round on all nodes' samples "
+            f"({topo['nodes']} x {b} = {topo['nodes'] * b} per batch)",
+        )
     else:
-        table.add_row("consensus distance", f"{final['initial_consensus_distance']:.3e} -> {final['consensus_distance']:.3e}")
+        table.add_row(
+            "consensus distance", f"{final['initial_consensus_distance']:.3e} -> {final['consensus_distance']:.3e}"
+        )
         measured = s["measured_rate"]
         if s["config"]["algorithm"] == "consensus":
             rate = f"predicted (SLEM) {s['predicted_rate']:.4f}, measured " + (
-                f"{measured:.4f}" if measured is not None else "n/a")
+                f"{measured:.4f}" if measured is not None else "n/a"
+            )
         else:  # training keeps pushing nodes apart: the distance settles instead of vanishing
             rate = f"mixing alone: x{s['predicted_rate']:.4f} per round (SLEM); with training it settles"
         table.add_row("per-round contraction", rate)
     if "accuracy" in final:
         table.add_row("averaged model", f"test accuracy {100 * final['accuracy']:.2f}%, loss {final['loss']:.4f}")
         if s["config"]["algorithm"] != "centralized":
-            table.add_row("node accuracy", f"min {100 * final['node_accuracy_min']:.2f}%  mean {100 * final['node_accuracy_mean']:.2f}%  max {100 * final['node_accuracy_max']:.2f}%")
+            table.add_row(
+                "node accuracy",
+                f"min {100 * final['node_accuracy_min']:.2f}%  mean {100 * final['node_accuracy_mean']:.2f}%  "
+                f"max {100 * final['node_accuracy_max']:.2f}%",
+            )
         p = s["partition"]
-        table.add_row("partition", f"{s['config']['partition']}: {p['examples_min']}-{p['examples_max']} examples/node, {p['classes_per_node_mean']:.1f} classes/node on average (min {p['classes_per_node_min']}, max {p['classes_per_node_max']})")
+        table.add_row(
+            "partition",
+            f"{s['config']['partition']}: {p['examples_min']}-{p['examples_max']} examples/node, "
+            f"{p['classes_per_node_mean']:.1f} classes/node on average "
+            f"(min {p['classes_per_node_min']}, max {p['classes_per_node_max']})",
+        )
     console.print(table)
 
 
 @app.command("topology")
 @_friendly_errors
 def topology_cmd(
-    spec: str = typer.Argument(..., help="Inline spec (ring:16, torus:4x4, complete:8, star:8, hypercube:16, exponential:16, random-regular:N:D, erdos-renyi:N:P, small-world:N:K:P) or a file."),
+    spec: str = typer.Argument(
+        ...,
+        help="Inline spec (ring:16, torus:4x4, complete:8, star:8, hypercube:16, exponential:16, "
+        "random-regular:N:D, erdos-renyi:N:P, small-world:N:K:P) or a file.",
+    ),
     nodes: int | None = typer.Option(None, "--nodes", "-n", help="Size, for a spec given without one."),
     weights: str = typer.Option("metropolis", help="metropolis, max-degree or uniform."),
     seed: int = typer.Option(0, help="Seed for random generators."),

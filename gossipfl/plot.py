@@ -54,7 +54,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     ax_c = axes[0, 0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     floor = np.inf
-    for i, (run_dir, summary, records) in enumerate(runs):
+    for i, (_, summary, records) in enumerate(runs):
         color = colors[i % len(colors)]
         rounds = np.array([r["round"] for r in records])
         dist = np.array([r["consensus_distance"] for r in records], dtype=float)
@@ -83,7 +83,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
 
     if learning:
         ax_a = axes[0, 1]
-        for i, (run_dir, summary, records) in enumerate(runs):
+        for i, (_, summary, records) in enumerate(runs):
             evals = [r for r in records if "accuracy" in r]
             if not evals:
                 continue

@@ -264,8 +264,8 @@ def test_partition_is_seeded(digits: Dataset, spec: str) -> None:
     a = partition(digits.y_train, 10, spec, seed=7)
     b = partition(digits.y_train, 10, spec, seed=7)
     c = partition(digits.y_train, 10, spec, seed=8)
-    assert all(np.array_equal(p, q) for p, q in zip(a, b))
-    assert not all(np.array_equal(p, q) for p, q in zip(a, c))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    assert not all(np.array_equal(p, q) for p, q in zip(a, c, strict=True))
 
 
 def test_dirichlet_skews_labels(digits: Dataset) -> None:
@@ -352,7 +352,7 @@ def test_pad_partitions() -> None:
     assert lengths.dtype == np.int32 and lengths.tolist() == [3, 1, 5]
     np.testing.assert_array_equal(idx[0], [3, 7, 9, 3, 7])
     np.testing.assert_array_equal(idx[1], [0, 0, 0, 0, 0])
-    for row, p, n in zip(idx, parts, lengths):
+    for row, p, n in zip(idx, parts, lengths, strict=True):
         np.testing.assert_array_equal(row[:n], p)
         assert set(row.tolist()) == set(p.tolist())
 
@@ -361,7 +361,7 @@ def test_pad_partitions_on_real_partition(digits: Dataset) -> None:
     parts = partition(digits.y_train, 16, "dirichlet:0.1", seed=0)
     idx, _ = pad_partitions(parts)
     assert idx.shape == (16, max(map(len, parts)))
-    for row, p in zip(idx, parts):
+    for row, p in zip(idx, parts, strict=True):
         assert set(row.tolist()) == set(p.tolist())
 
 
