@@ -1,0 +1,29 @@
+"""The public API: every exported name imports, and the CLI starts without loading JAX."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import gossipfl
+
+
+def test_every_public_name_resolves() -> None:
+    assert len(gossipfl.__all__) == len(set(gossipfl.__all__))
+    for name in gossipfl.__all__:
+        assert getattr(gossipfl, name) is not None, name
+    assert set(gossipfl.__all__) <= set(dir(gossipfl))
+
+
+def test_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'mix_everything'"):
+        gossipfl.mix_everything  # noqa: B018
+
+
+def test_cli_help_does_not_import_jax() -> None:
+    """`gossipfl --help` must stay fast: the package imports JAX only when a command needs it."""
+    code = "import sys, gossipfl.cli; print('jax' in sys.modules, 'flax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
