@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,11 @@ import numpy as np
 from .errors import DataError, PartitionError
 
 NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+
+MAX_CLASSES: int = 65536  # labels must lie in 0..MAX_CLASSES-1; keeps one-hot/histograms small
+MAX_SYNTHETIC_DIMS: int = 4096
+MAX_SYNTHETIC_CLASSES: int = 1024
+_MAX_SEED = 2**32  # the range scikit-learn and the config accept: 0..2**32-1
 
 _ACCEPTED_DATASETS = (
     "digits, synthetic[:D:C], or a path to a .npz file with x_train, y_train, x_test, y_test"
@@ -60,7 +66,15 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
     Raises:
         DataError: the name is unknown, or the file is missing or malformed.
     """
-    name = os.fspath(name)
+    try:
+        name = os.fspath(name)
+    except TypeError:
+        raise DataError(
+            f"dataset name {name!r} is not a string or path; accepted: {_ACCEPTED_DATASETS}"
+        ) from None
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    _check_seed(seed, DataError)
     if name == "digits":
         return _load_digits(seed=seed, test_fraction=test_fraction)
     if name == "synthetic" or name.startswith("synthetic:"):
@@ -75,16 +89,23 @@ def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < test_fraction < 1.0:
+    ok = not isinstance(test_fraction, bool) and isinstance(test_fraction, (int, float, np.number))
+    if not ok or not 0.0 < test_fraction < 1.0:
         raise DataError(
-            f"test_fraction {test_fraction} is out of range; accepted: 0 < test_fraction < 1"
+            f"test_fraction {test_fraction!r} is out of range; accepted: 0 < test_fraction < 1"
         )
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
     y = bunch.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
+    try:
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            x, y, test_size=float(test_fraction), random_state=int(seed), stratify=y
+        )
+    except ValueError as e:  # a stratified split needs >= 1 example of each class on both sides
+        raise DataError(
+            f"test_fraction {test_fraction} leaves too few digits for a stratified split; "
+            "accepted: a fraction leaving >= 10 examples (one per class) in each split, e.g. 0.2"
+        ) from e
     return Dataset(
         name="digits", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
         num_classes=10, input_shape=(8, 8, 1),
@@ -97,13 +118,17 @@ def _parse_synthetic(name: str) -> tuple[int, int]:
     parts = name.split(":")
     try:
         dims, classes = int(parts[1]), int(parts[2])
-        ok = len(parts) == 3 and dims >= 1 and classes >= 2
+        ok = (
+            len(parts) == 3 and 1 <= dims <= MAX_SYNTHETIC_DIMS
+            and 2 <= classes <= MAX_SYNTHETIC_CLASSES
+        )
     except (ValueError, IndexError):
         ok = False
     if not ok:
         raise DataError(
             f"bad synthetic dataset {name!r}; accepted: synthetic or synthetic:D:C with "
-            "D >= 1 dims and C >= 2 classes, e.g. synthetic:16:4"
+            f"1 <= D <= {MAX_SYNTHETIC_DIMS} dims and 2 <= C <= {MAX_SYNTHETIC_CLASSES} classes, "
+            "e.g. synthetic:16:4"
         )
     return dims, classes
 
@@ -115,7 +140,17 @@ def make_synthetic(
     """A noise-free multinomial-logistic teacher task: x ~ N(0, I), y = argmax(x W* + b*).
 
     A linear model can separate it exactly, so `optimum_accuracy` is 1.0.
+
+    Raises:
+        DataError: a size is out of range or the seed is not an integer in 0..2**32-1.
     """
+    for label, value, lo, hi in (
+        ("dims", dims, 1, MAX_SYNTHETIC_DIMS), ("classes", classes, 2, MAX_SYNTHETIC_CLASSES),
+        ("n_train", n_train, 1, 10**6), ("n_test", n_test, 1, 10**6),
+    ):
+        if not _is_int(value) or not lo <= value <= hi:
+            raise DataError(f"synthetic {label} is {value!r}; accepted: an integer in {lo}..{hi}")
+    _check_seed(seed, DataError)
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(dims, classes))
     b = rng.normal(size=classes)
@@ -128,6 +163,11 @@ def make_synthetic(
 
 
 def _load_npz(path: str) -> Dataset:
+    if Path(path).is_dir():
+        raise DataError(
+            f"dataset path {path!r} is a directory; accepted: a path to a .npz file with "
+            "x_train, y_train, x_test, y_test"
+        )
     if not Path(path).is_file():
         raise DataError(
             f"dataset file {path!r} does not exist; pass a path to a .npz file with "
@@ -146,20 +186,48 @@ def _load_npz(path: str) -> Dataset:
                     f"{path} is missing keys {', '.join(missing)}; a dataset .npz needs "
                     f"{', '.join(NPZ_KEYS)}"
                 )
-            arrays = {k: npz[k] for k in NPZ_KEYS}
+            arrays = {k: _read_member(path, npz, k) for k in NPZ_KEYS}
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except _READ_ERRORS as e:
+        raise DataError(
+            f"{path} is not a readable .npz file ({type(e).__name__}); accepted: a file written "
+            "by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        ) from e
+    return _dataset_from_arrays(path, **arrays)
+
+
+# What reading a corrupt, truncated, encrypted or oddly compressed zip member can raise.
+_READ_ERRORS = (
+    ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+    RuntimeError, KeyError,
+)
+
+
+def _read_member(path: str, npz, key: str) -> np.ndarray:
+    try:
+        a = npz[key]
+    except MemoryError as e:  # a header can claim any shape; don't let it take the process down
+        raise DataError(
+            f"{path}: member {key} declares an array too large to load; accepted: arrays that "
+            "fit in memory"
+        ) from e
+    except _READ_ERRORS as e:
         if "pickle" in str(e):  # numpy refuses object arrays when allow_pickle=False
             raise DataError(
                 f"{path} holds pickled (object) arrays, which are never loaded; "
                 "accepted: plain numeric arrays x_train, y_train, x_test, y_test"
             ) from e
         raise DataError(
-            f"{path} is not a readable .npz file ({type(e).__name__}); accepted: a file written "
-            "by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+            f"{path}: member {key} is not a readable .npy array ({type(e).__name__}); accepted: "
+            "arrays written by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
         ) from e
-    return _dataset_from_arrays(path, **arrays)
+    if not isinstance(a, np.ndarray):  # numpy hands back raw bytes for members without npy magic
+        raise DataError(
+            f"{path}: member {key} is not a .npy array (no npy header); accepted: arrays written "
+            "by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
+    return a
 
 
 def _dataset_from_arrays(
@@ -171,7 +239,12 @@ def _dataset_from_arrays(
             raise DataError(
                 f"{name}: {key} has dtype {x.dtype}; accepted: a numeric (int or float) array"
             )
-        if x.ndim < 2 or len(x) != len(y):
+        if x.ndim < 2:
+            raise DataError(
+                f"{name}: {key} has shape {x.shape}; accepted: x of shape (n, features...) "
+                "with at least 2 dimensions"
+            )
+        if len(x) != len(y):
             raise DataError(
                 f"{name}: {key} has shape {x.shape} but its labels have {len(y)} entries; "
                 "accepted: x of shape (n, ...) with n matching the labels"
@@ -203,14 +276,36 @@ def _check_labels(name: str, key: str, y: np.ndarray) -> np.ndarray:
             f"{name}: {key} (dtype {y.dtype}, shape {y.shape}) is not a 1-D array of class "
             "labels; accepted: integers 0..C-1"
         )
+    if y.size and y.max() >= MAX_CLASSES:  # checked before the int32 cast, which would wrap
+        raise DataError(
+            f"{name}: {key} has label {y.max():.0f}; accepted: class labels 0..{MAX_CLASSES - 1}"
+        )
     return y.astype(np.int32)
+
+
+def _is_int(value: object) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+
+
+def _check_seed(seed: object, error: type[Exception]) -> None:
+    if not _is_int(seed) or not 0 <= seed < _MAX_SEED:
+        raise error(f"bad seed {seed!r}; accepted: an integer in 0..2**32-1")
+
+
+def _check_num_classes(num_classes: object) -> int:
+    if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
+        raise PartitionError(
+            f"bad num_classes {num_classes!r}; accepted: an integer in 1..{MAX_CLASSES}"
+        )
+    return int(num_classes)
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
     # Integer pixels (e.g. uint8 images) are rescaled to [0, 1]; 0/1 integer features are kept.
     if x.dtype.kind in "iu" and x.size and x.max() > 1:
         return (x / 255.0).astype(np.float32)
-    return x.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which the caller refuses
+        return x.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- partitioners
@@ -233,8 +328,10 @@ def partition(
         raise PartitionError(
             f"labels have dtype {y.dtype} and shape {y.shape}; accepted: a 1-D integer array"
         )
-    if isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) or n_nodes < 1:
+    if not _is_int(n_nodes) or n_nodes < 1:
         raise PartitionError(f"bad number of nodes {n_nodes!r}; accepted: an integer >= 1")
+    _check_seed(seed, PartitionError)
+    n_nodes = int(n_nodes)
     n = len(y)
     if n_nodes > n:
         raise PartitionError(
@@ -270,11 +367,16 @@ def _parse_partition(spec: str) -> tuple[str, float]:
 
 
 def _num_classes(y: np.ndarray, num_classes: int | None) -> int:
-    seen = int(y.max()) + 1 if y.size else 0
     if y.size and y.min() < 0:
         raise PartitionError(f"labels include {int(y.min())}; accepted: class labels 0..C-1")
+    if y.size and y.max() >= MAX_CLASSES:  # dirichlet loops over every class up to the max
+        raise PartitionError(
+            f"labels include {int(y.max())}; accepted: class labels 0..{MAX_CLASSES - 1}"
+        )
+    seen = int(y.max()) + 1 if y.size else 0
     if num_classes is None:
         return seen
+    num_classes = _check_num_classes(num_classes)
     if num_classes < seen:
         raise PartitionError(
             f"labels go up to {seen - 1} but num_classes is {num_classes}; "
@@ -320,14 +422,36 @@ def _shards(y: np.ndarray, n_nodes: int, k: int, rng: np.random.Generator) -> li
 
 
 def label_counts(y: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """Per-node label histogram, shape (n_nodes, num_classes)."""
+    """Per-node label histogram, shape (n_nodes, num_classes).
+
+    Raises:
+        PartitionError: num_classes is not in 1..65536, the labels are not 1-D integers, or a
+            node holds an index outside y or a label outside 0..num_classes-1.
+    """
+    num_classes = _check_num_classes(num_classes)  # before allocating (n_nodes, num_classes)
     y = np.asarray(y)
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise PartitionError(
+            f"labels have dtype {y.dtype} and shape {y.shape}; accepted: a 1-D integer array"
+        )
     counts = np.zeros((len(parts), num_classes), dtype=np.int64)
     for i, p in enumerate(parts):
-        labels = y[np.asarray(p, dtype=np.int64)]
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        p = np.asarray(p)
+        if p.ndim != 1 or (p.size and p.dtype.kind not in "iu"):
             raise PartitionError(
-                f"node {i} has label {int(labels.max())} outside 0..{num_classes - 1}; "
+                f"node {i} indices have dtype {p.dtype} and shape {p.shape}; "
+                "accepted: a 1-D integer array"
+            )
+        if p.size and (p.min() < 0 or p.max() >= len(y)):
+            bad = int(p.min()) if p.min() < 0 else int(p.max())
+            raise PartitionError(
+                f"node {i} has index {bad} outside 0..{len(y) - 1}; accepted: indices into y"
+            )
+        labels = y[p.astype(np.int64)]
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+            raise PartitionError(
+                f"node {i} has label {bad} outside 0..{num_classes - 1}; "
                 "accepted: labels below num_classes"
             )
         counts[i] = np.bincount(labels, minlength=num_classes)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,13 @@ from hypothesis import strategies as st
 
 from gossipfl.data import (
     DATASETS_HELP,
+    MAX_CLASSES,
+    NPZ_KEYS,
     PARTITIONS_HELP,
     Dataset,
     label_counts,
     load_dataset,
+    make_synthetic,
     pad_partitions,
     partition,
     partition_summary,
@@ -205,11 +210,147 @@ def _save(path: Path, **overrides: np.ndarray) -> str:
         {"x_train": np.array([[0, 1, np.nan]] * 4)},             # non-finite
         {"x_train": np.array([["a", "b", "c"]] * 4)},            # not numeric
         {"y_train": np.zeros((4, 1), int)},                      # labels not 1-D
+        {"y_train": np.array(["0", "1", "0", "1"])},             # string labels
+        {"y_train": np.array([0, 1, np.nan, 1])},                # NaN label
+        {"y_test": np.array([True, False])},                     # boolean labels
+        {"x_train": np.zeros((0, 3)), "y_train": np.zeros(0, int)},  # no training examples
+        {"x_test": np.zeros((0, 3)), "y_test": np.zeros(0, int)},    # no test examples
+        {"x_train": np.zeros(4)},                                # x is 1-D
+        {"x_train": np.array([[0, 1, np.inf]] * 4)},             # infinite
+        {"x_train": np.full((4, 3), 1e300)},                     # overflows float32
+        {"x_train": np.zeros((4, 3), complex)},                  # complex
     ],
 )
 def test_npz_bad_contents(tmp_path: Path, overrides: dict) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(_save(tmp_path / "bad.npz", **overrides))
+    assert "accepted" in _one_line(err)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> str:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return str(path)
+
+
+def test_npz_members_that_are_not_npy_arrays(tmp_path: Path) -> None:
+    path = _zip(tmp_path / "fake.npz", {f"{k}.npy": b"garbage" for k in NPZ_KEYS})
+    with pytest.raises(DataError) as err:
+        load_dataset(path)
+    msg = _one_line(err)
+    assert "member x_train" in msg and "accepted" in msg
+
+
+def test_npz_member_with_broken_npy_header(tmp_path: Path) -> None:
+    members = {f"{k}.npy": _npy(np.zeros((3, 2))) for k in NPZ_KEYS}
+    members["y_test.npy"] = b"\x93NUMPY\x01\x00garbage"
+    with pytest.raises(DataError) as err:
+        load_dataset(_zip(tmp_path / "broken.npz", members))
+    assert "member y_test" in _one_line(err)
+
+
+def test_npz_member_claiming_a_huge_shape(tmp_path: Path) -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (2**45,)}
+    )
+    members = {f"{k}.npy": _npy(np.zeros(2)) for k in NPZ_KEYS}
+    members["x_train.npy"] = header.getvalue() + bytes(64)
+    with pytest.raises(DataError) as err:
+        load_dataset(_zip(tmp_path / "huge.npz", members))
+    assert "member x_train" in _one_line(err)
+
+
+def test_npz_with_corrupt_compressed_member(tmp_path: Path) -> None:
+    path = tmp_path / "deflate.npz"
+    members = {f"{k}.npy": _npy(np.zeros((50, 3))) for k in NPZ_KEYS}
+    _zip(path, members, zipfile.ZIP_DEFLATED)
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"x_train.npy") + len("x_train.npy") + 5  # inside the deflate stream
+    raw[start : start + 20] = b"\xff" * 20
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path))
+    assert "x_train" in _one_line(err)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.sampled_from([f"{k}.npy" for k in NPZ_KEYS] + ["x_train", "junk"]),
+                       st.binary(max_size=200), min_size=1))
+def test_npz_with_arbitrary_member_bytes_only_raises_data_error(members: dict[str, bytes]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = _zip(Path(d) / "fuzz.npz", members)
+        with pytest.raises(DataError) as err:
+            load_dataset(path)
+        _one_line(err)
+
+
+@pytest.mark.parametrize("label", [2**31 - 2, MAX_CLASSES, 2**63 - 1, 1e10])
+def test_npz_refuses_huge_labels(tmp_path: Path, label: float) -> None:
+    y = np.array([0, 1, 0, label], dtype=np.float64 if isinstance(label, float) else np.uint64)
+    with pytest.raises(DataError) as err:
+        load_dataset(_save(tmp_path / "big.npz", y_train=y))
+    msg = _one_line(err)
+    assert f"0..{MAX_CLASSES - 1}" in msg and "y_train" in msg
+
+
+def test_npz_accepts_the_largest_label(tmp_path: Path) -> None:
+    ds = load_dataset(_save(tmp_path / "ok.npz", y_test=np.array([0, MAX_CLASSES - 1])))
+    assert ds.num_classes == MAX_CLASSES
+
+
+def test_npz_path_is_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "folder.npz"
+    path.mkdir()
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path))
+    assert "is a directory" in _one_line(err)
+
+
+@pytest.mark.parametrize("name", [None, 3, ["digits"]])
+def test_dataset_name_of_wrong_type(name: object) -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset(name)  # type: ignore[arg-type]
+    assert "accepted" in _one_line(err)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "0", True])
+def test_load_dataset_bad_seed(seed: object) -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset("synthetic:4:2", seed=seed)  # type: ignore[arg-type]
+    assert "0..2**32-1" in _one_line(err)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.999, 0.0, 1.0, float("nan"), "0.2", None])
+def test_digits_bad_test_fraction(fraction: object) -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset("digits", test_fraction=fraction)  # type: ignore[arg-type]
+    assert "test_fraction" in _one_line(err)
+
+
+@pytest.mark.parametrize("name", ["synthetic:100000:4", "synthetic:8:100000", "synthetic:8:2000"])
+def test_synthetic_too_large(name: str) -> None:
+    with pytest.raises(DataError) as err:
+        load_dataset(name)
+    assert "synthetic:D:C" in _one_line(err)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"dims": 0}, {"classes": 1}, {"classes": 10**6}, {"n_train": 0}, {"n_test": -1},
+               {"dims": 2.5}, {"seed": -3}]
+)
+def test_make_synthetic_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(DataError) as err:
+        make_synthetic(**kwargs)
     assert "accepted" in _one_line(err)
 
 
@@ -292,6 +433,71 @@ def test_dirichlet_respects_num_classes(digits: Dataset) -> None:
     with pytest.raises(PartitionError) as err:
         partition(digits.y_train, 8, "dirichlet:0.5", num_classes=5)
     _one_line(err)
+
+
+@pytest.mark.parametrize("num_classes", [70_000, 2**40, 0, -1, 2.5, "10", True])
+def test_partition_refuses_bad_num_classes(num_classes: object) -> None:
+    with pytest.raises(PartitionError) as err:
+        partition(np.arange(20) % 4, 2, "dirichlet:0.5", num_classes=num_classes)  # type: ignore[arg-type]
+    assert f"1..{MAX_CLASSES}" in _one_line(err)
+
+
+def test_partition_refuses_huge_labels() -> None:
+    y = np.array([0, 1, 2, 70_000])
+    with pytest.raises(PartitionError) as err:
+        partition(y, 2, "dirichlet:0.5")
+    assert f"0..{MAX_CLASSES - 1}" in _one_line(err)
+    assert _check_parts(partition(y, 2, "iid"), 4, 2) == 4  # iid never looks at the labels
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, "0", 1.0])
+def test_partition_bad_seed(seed: object) -> None:
+    with pytest.raises(PartitionError) as err:
+        partition(np.arange(10), 2, seed=seed)  # type: ignore[arg-type]
+    assert "0..2**32-1" in _one_line(err)
+
+
+@pytest.mark.parametrize("num_classes", [70_000, 2**40, 0, -2, 3.0, None])
+def test_label_counts_refuses_bad_num_classes(num_classes: object) -> None:
+    with pytest.raises(PartitionError) as err:
+        label_counts(np.array([0, 1, 2]), [np.array([0, 1, 2])], num_classes)  # type: ignore[arg-type]
+    assert f"1..{MAX_CLASSES}" in _one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("y", "parts", "needle"),
+    [
+        (np.array([0, 1, 2]), [np.array([5])], "index 5"),
+        (np.array([0, 1, 2]), [np.array([-4])], "index -4"),
+        (np.array([0, 1, 2]), [np.array([0.5])], "node 0 indices"),
+        (np.array([0, -3, 2]), [np.array([0]), np.array([1])], "label -3"),
+        (np.array([0, 9, 2]), [np.array([1, 2])], "label 9"),
+        (np.array([0.0, 1.0]), [np.array([0])], "1-D integer"),
+    ],
+)
+def test_label_counts_bad_inputs(y: np.ndarray, parts: list, needle: str) -> None:
+    with pytest.raises(PartitionError) as err:
+        label_counts(y, parts, 3)
+    assert needle in _one_line(err)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(-3, 2 * MAX_CLASSES), min_size=0, max_size=30),
+    st.lists(st.lists(st.integers(-2, 35), max_size=8), max_size=4),
+    st.integers(-2, 2 * MAX_CLASSES),
+)
+def test_label_counts_succeeds_or_raises_partition_error(
+    labels: list[int], parts: list[list[int]], num_classes: int
+) -> None:
+    y = np.array(labels, dtype=np.int64)
+    try:
+        counts = label_counts(y, [np.array(p, dtype=np.int64) for p in parts], num_classes)
+    except PartitionError as e:
+        assert "\n" not in str(e) and str(e)
+    else:
+        assert counts.shape == (len(parts), num_classes)
+        assert counts.sum() == sum(map(len, parts))
 
 
 def test_shards_limit_classes(digits: Dataset) -> None:
