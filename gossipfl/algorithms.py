@@ -102,7 +102,9 @@ def sgd_family(name: str, loss_fn: LossFn, optimizer: optax.GradientTransformati
 
 
 def dpsgd(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Algorithm:
-    """D-PSGD (Lian et al. 2017), adapt-then-combine: a local optimizer step, then mixing."""
+    """D-PSGD (Lian et al. 2017) in its adapt-then-combine form: a local optimizer step, then
+    mixing. (Lian et al. write combine-then-adapt, with the gradient taken before mixing; both
+    converge alike, and adapt-then-combine is what a networked node does with its mailbox.)"""
     return sgd_family("dpsgd", loss_fn, optimizer, mixes=True)
 
 

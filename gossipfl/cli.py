@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from typer.exceptions import TyperException
 
 from .errors import GossipError
 
@@ -22,19 +24,34 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# No markup: paths, specs and messages are printed as given, brackets and all.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def _print_error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+
+
+def _is_out_of_memory(e: Exception) -> bool:
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)
 
 
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turns a GossipError into one `error: ...` line on stderr and exit status 2."""
+    """Turns a GossipError (or running out of memory) into one `error: ...` line and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except GossipError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            _print_error(str(e))
+            raise typer.Exit(2) from None
+        except Exception as e:
+            if not _is_out_of_memory(e):
+                raise
+            _print_error("out of memory: the run does not fit this machine; use fewer --nodes, a smaller "
+                         "--dim / --hidden / --batch-size, or a smaller model")
             raise typer.Exit(2) from None
 
     return wrapper
@@ -118,7 +135,8 @@ def simulate(
     try:
         result = run_simulation(cfg, progress=progress)
     finally:
-        bar.stop()
+        if task is not None:
+            bar.stop()
 
     plot_path = plot_runs([result.run_dir], result.run_dir / "plot.png")
     _print_summary(result.summary)
@@ -187,17 +205,20 @@ def topology_cmd(
         "random-regular:N:D, erdos-renyi:N:P, small-world:N:K:P) or a file.",
     ),
     nodes: int | None = typer.Option(None, "--nodes", "-n", help="Size, for a spec given without one."),
-    weights: str = typer.Option("metropolis", help="metropolis, max-degree or uniform."),
+    weights: str | None = typer.Option(
+        None, help="metropolis, max-degree or uniform (default: the file's rule, else metropolis)."
+    ),
     seed: int = typer.Option(0, help="Seed for random generators."),
     draw: Path | None = typer.Option(None, help="Write a drawing of the graph to this PNG."),
 ) -> None:
     """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates."""
-    from .topology import build_graph, describe, mixing_matrix, spectrum
+    from .topology import build_graph, describe, mixing_matrix, spectrum, topology_defaults
     from .topology import draw as draw_graph
 
     graph = build_graph(spec, nodes=nodes, seed=seed)
-    W = mixing_matrix(graph, weights)
-    info = describe(graph, W, weights)
+    rule = weights or topology_defaults(spec)[0] or "metropolis"
+    W = mixing_matrix(graph, rule, sparse=graph.number_of_nodes() > 2000)
+    info = describe(graph, W, rule)
     table = Table(title=f"topology {spec}", show_header=False)
     for key, value in info.items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
@@ -205,8 +226,8 @@ def topology_cmd(
     table.add_row("predicted per-round contraction", f"consensus distance shrinks by x{sp.slem:.4f} per round (SLEM)")
     console.print(table)
     if draw:
-        draw_graph(graph, draw, title=spec, spectral_gap=sp.spectral_gap)
-        console.print(f"wrote {draw}")
+        written = draw_graph(graph, draw, title=spec, spectral_gap=sp.spectral_gap)
+        console.print(f"wrote {written}")
 
 
 @app.command()
@@ -224,5 +245,19 @@ def plot(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app())
+    """Console-script entry point: usage errors, like bad input, are one `error:` line, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        _print_error("interrupted")
+        sys.exit(130)
+    except TyperException as e:  # click's usage errors: bad flag, bad value, missing argument
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            console.print(ctx.get_help())
+            sys.exit(0)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        _print_error(f"{message}{where}")
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -12,6 +12,8 @@ from typing import Any
 
 from .algorithms import ALGORITHMS, OPTIMIZERS
 from .errors import ConfigError
+from .models import MODELS
+from .topology import WEIGHT_RULES
 
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
 
@@ -22,7 +24,7 @@ class SimConfig:
 
     topology: str = "ring"  # inline spec (ring:16, torus:4x4, ...) or a topology file
     nodes: int | None = None  # size for specs that take one; 16 when neither gives it
-    weights: str = "metropolis"  # mixing-weight rule
+    weights: str | None = None  # mixing-weight rule; a topology file's own rule, else metropolis
     algorithm: str = "dpsgd"  # dpsgd | consensus | centralized
     dataset: str = "digits"  # digits | synthetic[:D:C] | path/to/data.npz
     partition: str = "iid"  # iid | dirichlet:ALPHA | shards:K
@@ -40,15 +42,25 @@ class SimConfig:
     name: str | None = None  # run name; derived from the config when unset
 
     def __post_init__(self) -> None:
+        for key in ("topology", "algorithm", "dataset", "partition", "model", "optimizer", "mixing"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
+        for key in ("weights", "out", "name"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{key} must be a string, got {getattr(self, key)!r}")
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
+        _check_choice("model", self.model, MODELS)
+        if self.weights is not None:
+            _check_choice("weights", self.weights, WEIGHT_RULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("mixing", self.mixing, MIXING_FORMS)
         for key in ("rounds", "batch_size", "dim", "eval_every", "hidden"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        if self.nodes is not None and (isinstance(self.nodes, bool) or not isinstance(self.nodes, int)):
-            raise ConfigError(f"nodes must be an integer, got {self.nodes!r}")
+        if self.nodes is not None and (isinstance(self.nodes, bool) or not isinstance(self.nodes, int)
+                                       or self.nodes < 2):
+            raise ConfigError(f"nodes must be an integer >= 2 (a gossip network needs two nodes), got {self.nodes!r}")
         if (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
                 or not 0 < self.lr < math.inf):
             raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")

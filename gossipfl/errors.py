@@ -29,3 +29,7 @@ class ModelError(GossipError):
 
 class ConfigError(GossipError):
     """An experiment config has an unknown key, a bad value, or contradicts a flag."""
+
+
+class RunDirError(GossipError):
+    """A run directory cannot be written, or its metrics/summary cannot be read."""

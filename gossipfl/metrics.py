@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GossipError
+from .errors import RunDirError
 
 # float32 parameters: below ~1e-5 of the largest distance, rounding noise dominates the signal.
 _FLOOR = 1e-5
@@ -25,24 +25,36 @@ class MetricsWriter:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise GossipError(f"cannot write the run to {str(run_dir)!r}: a file is in the way; "
+            raise RunDirError(f"cannot write the run to {str(run_dir)!r}: a file is in the way; "
                               "pass --out with a directory path") from None
         except OSError as e:
-            raise GossipError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
+            raise RunDirError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
         for stale in ("metrics.jsonl", "summary.json"):
             (self.run_dir / stale).unlink(missing_ok=True)
         self._file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        """Appends one record; NaN and infinities (a diverged run) are written as null."""
+        self._file.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
         self._file.flush()
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Closes the metrics and writes summary.json atomically (temp file + rename)."""
         self._file.close()
         tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+        tmp.write_text(json.dumps(finite_or_none(summary), indent=2, default=_jsonable, allow_nan=False) + "\n")
         os.replace(tmp, self.run_dir / "summary.json")
+
+
+def finite_or_none(value: Any) -> Any:
+    """A copy of nested dicts/lists with NaN and infinite floats replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -74,12 +86,36 @@ def fit_rate(distances: Sequence[float]) -> float | None:
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Reads a run directory: summary.json ({} if the run did not finish) and metrics.jsonl records."""
+    """Reads a run directory: summary.json ({} while the run is unfinished) and metrics.jsonl.
+
+    A run that is still going (or was killed) may end in a half-written line: it is skipped.
+
+    Raises:
+      RunDirError: if the directory has no metrics.jsonl or a file in it is corrupt.
+    """
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        raise GossipError(f"{str(run_dir)!r} is not a run directory (no metrics.jsonl in it)")
+    if not metrics.is_file():
+        raise RunDirError(f"{str(run_dir)!r} is not a run directory (no metrics.jsonl in it)")
+    summary: dict[str, Any] = {}
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{summary_path}: not valid JSON ({e}); delete it to plot the metrics alone") from None
+    lines = metrics.read_text(errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # no newline yet: the writer was interrupted mid-line
+                break
+            raise RunDirError(f"{metrics}:{number}: not a JSON record ({e})") from None
+        if not isinstance(record, dict) or "round" not in record or "consensus_distance" not in record:
+            raise RunDirError(f"{metrics}:{number}: a record needs 'round' and 'consensus_distance'")
+        records.append(record)
     return summary, records

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
 
 from .errors import WeightError
 
@@ -46,29 +47,34 @@ class NeighborLists(NamedTuple):
     self_weight: jax.Array
 
 
-def neighbor_lists(W: np.ndarray, *, dtype: Any = jnp.float32) -> NeighborLists:
-    """Converts a dense (N, N) mixing matrix into padded neighbour lists.
+def neighbor_lists(W: Any, *, dtype: Any = jnp.float32) -> NeighborLists:
+    """Converts a mixing matrix (dense (N, N) array or scipy sparse) into padded neighbour lists.
+
+    Works in O(N + nonzeros), so it serves large sparse graphs without an N x N matrix.
 
     Raises:
       WeightError: if W is not a square matrix.
     """
-    W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise WeightError(f"a mixing matrix must be square (N, N), got shape {W.shape}")
     n = W.shape[0]
-    off = W.copy()
-    np.fill_diagonal(off, 0.0)
-    rows = [np.flatnonzero(off[i]) for i in range(n)]
-    k = max(1, max(len(r) for r in rows))
-    idx = np.tile(np.arange(n, dtype=np.int32)[:, None], (1, k))
-    weights = np.zeros((n, k), dtype=np.float64)
-    for i, r in enumerate(rows):
-        idx[i, : len(r)] = r
-        weights[i, : len(r)] = off[i, r]
+    csr = scipy.sparse.csr_array(W, dtype=np.float64)
+    self_weight = csr.diagonal()
+    off = scipy.sparse.csr_array(csr - scipy.sparse.diags_array(self_weight))
+    off.eliminate_zeros()
+    off.sort_indices()
+    counts = np.diff(off.indptr)
+    k = max(1, int(counts.max(initial=0)))
+    rows = np.repeat(np.arange(n), counts)
+    slots = np.arange(off.nnz) - off.indptr[rows]
+    idx = np.tile(np.arange(n, dtype=np.int32)[:, None], (1, k))  # padding points at the node itself
+    weights = np.zeros((n, k), dtype=np.float64)  # ... with weight 0
+    idx[rows, slots] = off.indices
+    weights[rows, slots] = off.data
     return NeighborLists(
         idx=jnp.asarray(idx, dtype=jnp.int32),
         weights=jnp.asarray(weights, dtype=dtype),
-        self_weight=jnp.asarray(np.diag(W), dtype=dtype),
+        self_weight=jnp.asarray(self_weight, dtype=dtype),
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GossipError
+from .errors import GossipError, RunDirError
 from .metrics import load_run
 
 
@@ -32,10 +32,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     Raises:
       GossipError: if a directory is not a run or no run has any records.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The Figure API draws off-screen without pyplot's global state or a GUI backend.
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
 
     if not run_dirs:
         raise GossipError("no run directories given; pass one or more, e.g. gossipfl plot runs/a runs/b")
@@ -50,16 +49,17 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     if len(set(labels)) < len(labels):  # same settings: tell the runs apart by directory
         labels = [f"{d.name}: {label}" for (d, _, _), label in zip(runs, labels, strict=True)]
 
-    fig, axes = plt.subplots(1, 2 if learning else 1, figsize=(13 if learning else 7.5, 5), squeeze=False)
+    fig = Figure(figsize=(13 if learning else 7.5, 5))
+    axes = fig.subplots(1, 2 if learning else 1, squeeze=False)
     ax_c = axes[0, 0]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     floor = np.inf
     for i, (_, summary, records) in enumerate(runs):
         color = colors[i % len(colors)]
         rounds = np.array([r["round"] for r in records])
-        dist = np.array([r["consensus_distance"] for r in records], dtype=float)
+        dist = np.array([_num(r["consensus_distance"]) for r in records], dtype=float)
         label = labels[i]
-        positive = dist > 0
+        positive = np.isfinite(dist) & (dist > 0)
         if not positive.any():  # a single model (the centralized reference) has no spread
             continue
         ax_c.plot(rounds[positive], dist[positive], color=color, lw=1.8, label=label)
@@ -79,7 +79,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     ax_c.set_ylabel("consensus distance  sqrt(mean_i ||x_i − x̄||²)")
     ax_c.set_title("Consensus")
     ax_c.grid(True, which="both", alpha=0.3)
-    ax_c.legend(fontsize=8)
+    if ax_c.get_legend_handles_labels()[0]:
+        ax_c.legend(fontsize=8)
 
     if learning:
         ax_a = axes[0, 1]
@@ -89,11 +90,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
                 continue
             color = colors[i % len(colors)]
             rounds = np.array([r["round"] for r in evals])
-            ax_a.plot(rounds, [100 * r["accuracy"] for r in evals], color=color, lw=1.8,
+            ax_a.plot(rounds, [100 * _num(r["accuracy"]) for r in evals], color=color, lw=1.8,
                       label=f"{labels[i]}: averaged model")
             if "node_accuracy_min" in evals[0] and summary.get("config", {}).get("algorithm") != "centralized":
-                lo = [100 * r["node_accuracy_min"] for r in evals]
-                hi = [100 * r["node_accuracy_max"] for r in evals]
+                lo = [100 * _num(r["node_accuracy_min"]) for r in evals]
+                hi = [100 * _num(r["node_accuracy_max"]) for r in evals]
                 ax_a.fill_between(rounds, lo, hi, color=color, alpha=0.15, label="node accuracy min–max")
         ax_a.set_xlabel("round")
         ax_a.set_ylabel("test accuracy (%)")
@@ -105,7 +106,16 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    if out.suffix.lower() != ".png":
+        out = out.with_name(out.name + ".png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        raise RunDirError(f"cannot write the plot to {str(out)!r}: {e.strerror or e}") from None
     return out
+
+
+def _num(value: float | None) -> float:
+    """A metric as a float; a diverged run's null becomes NaN (a gap in the line)."""
+    return np.nan if value is None else float(value)

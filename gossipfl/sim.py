@@ -27,12 +27,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 from . import algorithms as algos
 from .config import SimConfig
 from .data import Dataset, label_counts, load_dataset, pad_partitions, partition, partition_summary
+from .errors import ConfigError
 from .metrics import MetricsWriter, fit_rate
 from .mixing import consensus_distance, mix_dense, mix_sparse, neighbor_lists, network_mean
 from .models import make_model
-from .topology import Spectrum, build_graph, mixing_matrix, spectrum
+from .topology import Spectrum, build_graph, mixing_matrix, spectrum, topology_defaults
 
 DEFAULT_NODES = 16
+_DENSE_LIMIT = 2000  # above this many nodes, W stays sparse (a dense W would need N^2 memory)
+_UNROLLED_CHUNK = 10  # rounds per call when rounds are unrolled
 Progress = Callable[[int, int, dict[str, Any]], None]
 
 
@@ -45,13 +48,12 @@ class SimResult:
     records: list[dict[str, Any]] = field(repr=False)
 
 
-def resolve_graph(cfg: SimConfig):
-    """Builds the run's graph; a bare generator name (`ring`) defaults to 16 nodes."""
-    nodes = cfg.nodes
-    bare = ":" not in cfg.topology and not Path(cfg.topology).suffix
-    if nodes is None and bare:
-        nodes = DEFAULT_NODES
-    return build_graph(cfg.topology, nodes=nodes, seed=cfg.seed)
+def resolve_topology(cfg: SimConfig) -> tuple[nx.Graph, str]:
+    """The run's graph and weight rule: an inline spec without a size gets 16 nodes; a topology
+    file's own `weights` apply unless the config names a rule."""
+    graph = build_graph(cfg.topology, nodes=cfg.nodes, seed=cfg.seed, default_nodes=DEFAULT_NODES)
+    file_weights, _ = topology_defaults(cfg.topology)
+    return graph, cfg.weights or file_weights or "metropolis"
 
 
 def run_name(cfg: SimConfig) -> str:
@@ -91,7 +93,8 @@ class Prepared:
 
     config: SimConfig
     graph: nx.Graph
-    W: np.ndarray
+    weights: str
+    W: Any  # (N, N) numpy array, or a scipy sparse array for large N
     spectrum: Spectrum
     algorithm: algos.Algorithm
     state: Any
@@ -100,7 +103,10 @@ class Prepared:
     kernel: str
     devices: int
     run_chunk: Callable[[Any, Any, Any, jax.Array], tuple[Any, tuple[jax.Array, jax.Array]]]
+    max_chunk: int | None  # most rounds per run_chunk call (None: any)
+    sample: Callable[[Any, jax.Array], Any]  # (data, key) -> every node's minibatch
     evaluate: Callable[[Any, Any], dict[str, jax.Array]] | None
+    round_key: Callable[[int], jax.Array]  # round number -> that round's sampling key
     info: dict[str, Any]
 
 
@@ -154,9 +160,9 @@ def _learning_parts(cfg: SimConfig, n: int, dataset: Dataset):
     return algorithm, state, data, sample, jax.jit(evaluate), info
 
 
-def _consensus_parts(cfg: SimConfig, n: int):
+def _consensus_parts(cfg: SimConfig, n: int, key: jax.Array):
     algorithm = algos.consensus()
-    x0 = jax.random.normal(jax.random.key(cfg.seed), (n, cfg.dim), jnp.float32)
+    x0 = jax.random.normal(key, (n, cfg.dim), jnp.float32)
     return algorithm, jax.vmap(algorithm.init)(x0), {}, lambda data, key: (), None, {"dim": cfg.dim}
 
 
@@ -167,9 +173,7 @@ def make_chunk_runner(algorithm: algos.Algorithm, sample: Callable[[Any, jax.Arr
     Runs one round per key with `jax.lax.scan`: every node's local update on its own minibatch
     `sample(data, key)` (`jax.vmap` over nodes), then, for algorithms that mix,
     `mix(mixing_op, params)`. The state is donated, so each call updates it in place.
-    `unroll=True` unrolls the chunk's rounds: XLA's CPU convolutions run ~5x slower inside a
-    loop than outside one (measured), so convolutional models want it; others compile faster
-    without it and run no slower.
+    `unroll=True` unrolls the chunk's rounds (compile time grows with the chunk's length).
     """
 
     @partial(jax.jit, donate_argnums=0)
@@ -191,26 +195,35 @@ def prepare(cfg: SimConfig) -> Prepared:
     Raises:
       GossipError: for any invalid topology, data, partition, model or config value.
     """
-    graph = resolve_graph(cfg)
+    graph, weights = resolve_topology(cfg)
     n = graph.number_of_nodes()
-    W = mixing_matrix(graph, cfg.weights)
+    if cfg.mixing == "dense" and n > _DENSE_LIMIT:
+        raise ConfigError(f"--mixing dense needs an N x N matrix; {n} nodes is too many (at most "
+                          f"{_DENSE_LIMIT}) — use --mixing sparse")
+    # One seed, split: initial vectors / sampling never share a random stream.
+    init_key, sample_key = jax.random.split(jax.random.key(cfg.seed))
+    W = mixing_matrix(graph, weights, sparse=n > _DENSE_LIMIT)
     if cfg.algorithm == "consensus":
-        algorithm, state, data, sample, evaluate, info = _consensus_parts(cfg, n)
+        algorithm, state, data, sample, evaluate, info = _consensus_parts(cfg, n, init_key)
     else:
         algorithm, state, data, sample, evaluate, info = _learning_parts(
             cfg, n, load_dataset(cfg.dataset, seed=cfg.seed))
-    dense = cfg.mixing == "dense" or (cfg.mixing == "auto" and graph.number_of_edges() * 2 > 0.5 * n * n)
+    dense = cfg.mixing == "dense" or (
+        cfg.mixing == "auto" and n <= _DENSE_LIMIT and graph.number_of_edges() * 2 > 0.5 * n * n)
     sharding = _node_sharding(n) if algorithm.mixes else None
     replicated = _replicated(sharding)
     mixing_op = jnp.asarray(W, jnp.float32) if dense else neighbor_lists(W)
+    # XLA's CPU convolutions run ~5x slower inside a loop than outside one (measured), so
+    # convolutional models unroll their rounds, in chunks short enough to compile quickly.
+    unroll = cfg.algorithm != "consensus" and cfg.model == "cnn"
     return Prepared(
-        config=cfg, graph=graph, W=W, spectrum=spectrum(W), algorithm=algorithm,
+        config=cfg, graph=graph, weights=weights, W=W, spectrum=spectrum(W), algorithm=algorithm,
         state=jax.device_put(state, sharding), data=jax.device_put(data, replicated),
         mixing_op=jax.device_put(mixing_op, replicated), kernel="dense" if dense else "sparse",
         devices=1 if sharding is None else int(sharding.mesh.size),
-        run_chunk=make_chunk_runner(algorithm, sample, mix_dense if dense else mix_sparse,
-                                    unroll=cfg.algorithm != "consensus" and cfg.model == "cnn"),
-        evaluate=evaluate, info=info,
+        run_chunk=make_chunk_runner(algorithm, sample, mix_dense if dense else mix_sparse, unroll=unroll),
+        max_chunk=_UNROLLED_CHUNK if unroll else None, sample=sample, evaluate=evaluate,
+        round_key=lambda r: jax.random.fold_in(sample_key, r), info=info,
     )
 
 
@@ -230,7 +243,6 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
 
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or run_name(cfg))
     writer = MetricsWriter(run_dir)
-    base_key = jax.random.key(cfg.seed + 1)
     first = {"round": 0, "consensus_distance": float(measure(state.params))}
     if run.evaluate is not None:
         first.update({k: float(v) for k, v in run.evaluate(state, data).items()})
@@ -244,8 +256,9 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     compiled: set[int] = set()  # chunk lengths already compiled
     steady_rounds, steady_seconds = 0, 0.0  # rounds timed without compilation in them
     while done < cfg.rounds:
-        steps = min(cfg.eval_every, cfg.rounds - done)
-        keys = jax.vmap(lambda r: jax.random.fold_in(base_key, r))(jnp.arange(done, done + steps))
+        # run up to the next evaluation (or the end), in calls of at most max_chunk rounds
+        steps = min(cfg.eval_every - done % cfg.eval_every, cfg.rounds - done, run.max_chunk or cfg.rounds)
+        keys = jax.vmap(run.round_key)(jnp.arange(done, done + steps))
         tic = time.perf_counter()
         state, (dist, loss) = run.run_chunk(state, run.mixing_op, data, keys)
         dist, loss = np.asarray(dist), np.asarray(loss)
@@ -253,11 +266,12 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
             steady_rounds, steady_seconds = steady_rounds + steps, steady_seconds + time.perf_counter() - tic
         compiled.add(steps)
         chunk = [{"round": done + i + 1, "consensus_distance": float(dist[i])} for i in range(steps)]
+        done += steps
         if run.evaluate is not None:
             for rec, value in zip(chunk, loss, strict=True):
                 rec["train_loss"] = float(value)
-            chunk[-1].update({k: float(v) for k, v in run.evaluate(state, data).items()})
-        done += steps
+            if done % cfg.eval_every == 0 or done == cfg.rounds:
+                chunk[-1].update({k: float(v) for k, v in run.evaluate(state, data).items()})
         for rec in chunk:
             writer.write(rec)
         records.extend(chunk)
@@ -271,11 +285,13 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
         "config": cfg.to_dict(),
         "run_dir": str(run_dir),
         "topology": {
-            "spec": cfg.topology, "nodes": n, "edges": run.graph.number_of_edges(), "weights": cfg.weights,
+            "spec": cfg.topology, "nodes": n, "edges": run.graph.number_of_edges(), "weights": run.weights,
             "slem": run.spectrum.slem, "spectral_gap": run.spectrum.spectral_gap,
         },
-        "predicted_rate": run.spectrum.slem,
-        "measured_rate": fit_rate(distances),
+        # Rates of the consensus distance: the SLEM predicts pure averaging; a learning run's
+        # distance settles at a gradient-noise floor instead, so no rate is measured for it.
+        "predicted_rate": run.spectrum.slem if run.algorithm.mixes else None,
+        "measured_rate": fit_rate(distances) if cfg.algorithm == "consensus" else None,
         "rounds": cfg.rounds,
         "final": {"consensus_distance": distances[-1], "initial_consensus_distance": distances[0],
                   **{k: v for k, v in last_eval.items() if k != "round"}},
@@ -287,6 +303,7 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
         "node_steps_per_second": steady_rounds * n / steady_seconds if steady_seconds > 0 else None,
         **run.info,
     }
+    summary["diverged"] = not all(np.isfinite(d) for d in distances)
     writer.finish(summary)
     return SimResult(run_dir=run_dir, summary=summary, records=records)
 

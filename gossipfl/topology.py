@@ -1,19 +1,37 @@
-"""Gossip topologies: graphs from specs or files, mixing weights, and their spectral analysis."""
+"""Gossip topologies: graphs from inline specs or files, mixing weights, and their spectra.
+
+The file formats (TOML, GraphML, edge lists) live in `gossipfl.topofile`; their public names are
+re-exported here.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
-import re
-import tomllib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import networkx as nx
 import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from gossipfl.errors import TopologyError, WeightError
+from gossipfl.topofile import (
+    NODE_KEYS,
+    TOPOLOGY_FILE_KEYS,
+    NodeSpec,
+    TopologyFile,
+    finalize_graph,
+    is_file_spec,
+    load_graph_file,
+    load_topology_file,
+    one_line,
+    topology_defaults,
+)
 
 __all__ = [
     "NODE_KEYS",
@@ -29,20 +47,14 @@ __all__ = [
     "load_topology_file",
     "mixing_matrix",
     "spectrum",
+    "topology_defaults",
 ]
 
-WeightRule = str | Callable[[nx.Graph], np.ndarray]
+WeightRule = str | Callable[[nx.Graph], Any]
+# a mixing matrix: dense, or any scipy sparse matrix or array
+Matrix: TypeAlias = np.ndarray | scipy.sparse.sparray | scipy.sparse.spmatrix
 
 WEIGHT_RULES: tuple[str, ...] = ("metropolis", "max-degree", "uniform")
-
-# Keys allowed at the top level of a topology TOML file; `experiment` is read by the experiment
-# config loader, not here.
-TOPOLOGY_FILE_KEYS: tuple[str, ...] = (
-    "name", "generator", "edges", "weights", "seed", "nodes", "experiment",
-)
-NODE_KEYS: tuple[str, ...] = ("id", "host", "port")
-
-_FILE_SUFFIXES = (".toml", ".graphml", ".edgelist", ".txt", ".csv", ".el")
 
 _ACCEPTED = (
     "ring:N, torus:RxC, complete:N, star:N, hypercube:N, exponential:N, random-regular:N:D, "
@@ -55,8 +67,8 @@ SPECS_HELP: str = (
     "random-regular:N:D, erdos-renyi:N:P and small-world:N:K:P (Watts-Strogatz; random ones use "
     "--seed). The size N may be left out and given by --nodes instead (ring, torus, "
     "random-regular:D, small-world:K:P). Files: .toml (generator or explicit edges, plus node "
-    "hosts/ports), .graphml, or an edge list with one 'u v' or 'u,v' pair per line. The graph "
-    "must be connected."
+    "hosts/ports), .graphml, or an edge list with one 'u v' or 'u,v' pair per line; a file "
+    "without a suffix is recognised by its content. The graph must be connected."
 )
 
 
@@ -93,53 +105,65 @@ _FAMILIES: dict[str, _Family] = {
 # ----------------------------------------------------------------------------- graph building
 
 
-def build_graph(spec: str, *, nodes: int | None = None, seed: int = 0) -> nx.Graph:
+def build_graph(
+    spec: str, *, nodes: int | None = None, seed: int = 0, default_nodes: int | None = None
+) -> nx.Graph:
     """Build a connected undirected simple graph with nodes 0..N-1 from a spec or a file.
 
     Args:
-        spec: an inline spec such as ``ring:16`` or ``torus:4x4`` (see `SPECS_HELP`), or the path
-            of a ``.toml``, ``.graphml`` or edge-list file.
+        spec: an inline spec such as ``ring:16`` or ``torus:4x4`` (see `SPECS_HELP`), or a
+            ``.toml``, ``.graphml`` or edge-list file. A spec with a path separator or one of
+            those suffixes is a file; a bare name is a file only if such a regular file exists.
         nodes: the number of nodes, when the spec leaves it out; must agree with the spec if both
             give it.
         seed: seed of the random generators (a TOML file's own ``seed`` takes precedence).
+        default_nodes: the size of an inline spec that gives none when `nodes` is None too
+            (``ring`` -> ``ring:default_nodes``). Files never use it.
 
     Raises:
-        TopologyError: the spec or file is invalid, has fewer than 2 nodes, or is disconnected.
+        TopologyError: the spec is empty, names a directory, or the spec or file is invalid, has
+            fewer than 2 nodes, or is disconnected.
     """
-    if _looks_like_path(spec):
-        graph = _load_file_graph(Path(spec), default_seed=seed)
+    spec = spec.strip()
+    if not spec:
+        raise TopologyError(f"empty topology spec; accepted: {_ACCEPTED}")
+    if is_file_spec(spec):
+        graph = load_graph_file(Path(spec), default_seed=seed)
         if nodes is not None and nodes != graph.number_of_nodes():
             raise TopologyError(
                 f"topology file '{spec}' has {graph.number_of_nodes()} nodes but --nodes is "
                 f"{nodes}; drop --nodes or make them agree"
             )
         return graph
-    return _build_inline(spec, nodes=nodes, seed=seed, nodes_source="--nodes")
+    if _family_name(spec) not in _FAMILIES and Path(spec).is_dir():
+        raise TopologyError(
+            f"topology '{spec}' is a directory, not a topology file or inline spec; accepted: {_ACCEPTED}"
+        )
+    return build_inline(spec, nodes=nodes, seed=seed, nodes_source="--nodes", default=default_nodes)
 
 
-def _looks_like_path(spec: str) -> bool:
-    """Whether `spec` names a file rather than an inline spec."""
-    return (
-        "/" in spec
-        or "\\" in spec
-        or spec.lower().endswith(_FILE_SUFFIXES)
-        or Path(spec).exists()
-    )
+def _family_name(spec: str) -> str:
+    """The canonical family name at the start of an inline spec (``Random_Regular`` ->
+    ``random-regular``)."""
+    return spec.strip().split(":")[0].strip().lower().replace("_", "-")
 
 
-def _build_inline(spec: str, *, nodes: int | None, seed: int, nodes_source: str) -> nx.Graph:
-    """Parse an inline spec and run its generator; `nodes_source` names where `nodes` came from."""
+def build_inline(
+    spec: str, *, nodes: int | None, seed: int, nodes_source: str, default: int | None = None
+) -> nx.Graph:
+    """Parse an inline spec and run its generator; `nodes_source` names where `nodes` came from,
+    `default` is the size used when neither the spec nor `nodes` gives one."""
+    if not spec.strip():
+        raise TopologyError(f"empty topology spec; accepted: {_ACCEPTED}")
     parts = [p.strip() for p in spec.strip().split(":")]
-    name = parts[0].lower().replace("_", "-")
+    name = _family_name(spec)
     args = parts[1:]
     family = _FAMILIES.get(name)
     if family is None:
         raise TopologyError(f"unknown topology {spec!r}; accepted: {_ACCEPTED}")
     if name == "torus":
-        rows, cols = _parse_torus(spec, args, nodes, nodes_source)
-        graph = nx.grid_2d_graph(rows, cols, periodic=True)
-        graph = nx.relabel_nodes(graph, {(r, c): r * cols + c for r, c in graph})
-        return _finalize(graph, spec, family.hint)
+        rows, cols = _parse_torus(spec, args, nodes, nodes_source, default)
+        return finalize_graph(_torus(rows, cols), spec, family.hint)
     if len(args) == 1 + len(family.extra):
         size: int | None = _parse_int(spec, family, "N", args[0])
         extra = args[1:]
@@ -150,9 +174,9 @@ def _build_inline(spec: str, *, nodes: int | None, seed: int, nodes_source: str)
             f"bad topology spec {spec!r}: expected {family.form} (e.g. {family.example}), "
             f"got {len(args)} field(s) after the name"
         )
-    n = _resolve_size(spec, family, size, nodes, nodes_source)
+    n = _resolve_size(spec, family, size, nodes, nodes_source, default)
     graph = _generate(spec, name, family, n, extra, seed)
-    return _finalize(graph, spec, family.hint)
+    return finalize_graph(graph, spec, family.hint)
 
 
 def _generate(
@@ -232,12 +256,12 @@ def _parse_float(spec: str, family: _Family, what: str, text: str) -> float:
 
 
 def _parse_torus(
-    spec: str, args: list[str], nodes: int | None, nodes_source: str
+    spec: str, args: list[str], nodes: int | None, nodes_source: str, default: int | None
 ) -> tuple[int, int]:
-    """Return (rows, cols) of a torus spec, factorising `nodes` when the spec has no size."""
+    """Return (rows, cols) of a torus spec, factorising the size when the spec has none."""
     family = _FAMILIES["torus"]
     if not args:
-        n = _resolve_size(spec, family, None, nodes, nodes_source)
+        n = _resolve_size(spec, family, None, nodes, nodes_source, default)
         rows = max((r for r in range(2, math.isqrt(n) + 1) if n % r == 0), default=None)
         if rows is None:
             raise TopologyError(
@@ -262,15 +286,16 @@ def _parse_torus(
 
 
 def _resolve_size(
-    spec: str, family: _Family, size: int | None, nodes: int | None, nodes_source: str
+    spec: str, family: _Family, size: int | None, nodes: int | None, nodes_source: str,
+    default: int | None = None,
 ) -> int:
-    """Reconcile the size written in the spec with the one passed separately."""
+    """Reconcile the size written in the spec with the one passed separately, else the default."""
     if size is not None and nodes is not None and size != nodes:
         raise TopologyError(
             f"topology {spec!r} has {size} nodes but {nodes_source} is {nodes}; "
             f"give the size once or make them agree"
         )
-    n = size if size is not None else nodes
+    n = size if size is not None else nodes if nodes is not None else default
     if n is None:
         raise TopologyError(
             f"topology {spec!r} has no size; add the size, e.g. {family.example}, or pass --nodes"
@@ -282,18 +307,29 @@ def _resolve_size(
     return n
 
 
+def _torus(rows: int, cols: int) -> nx.Graph:
+    """The rows x cols torus, node r*cols + c at row r, column c (built directly: O(N))."""
+    graph = nx.empty_graph(rows * cols)
+    graph.add_edges_from(
+        (r * cols + c, r * cols + (c + 1) % cols) for r in range(rows) for c in range(cols)
+    )
+    graph.add_edges_from(
+        (r * cols + c, (r + 1) % rows * cols + c) for r in range(rows) for c in range(cols)
+    )
+    return graph
+
+
 def _hypercube(spec: str, n: int) -> nx.Graph:
-    """The hypercube on `n` = 2^k nodes, node labelled by the integer value of its bit tuple."""
+    """The hypercube on `n` = 2^k nodes: i and j linked when they differ in exactly one bit."""
     if n & (n - 1):
         raise TopologyError(
             f"bad topology spec {spec!r}: hypercube:N needs N a power of 2 "
             f"(2, 4, 8, 16, ...), got {n}"
         )
-    cube = nx.hypercube_graph(n.bit_length() - 1)
-    # one dimension gives int nodes, more give bit tuples
-    return nx.relabel_nodes(
-        cube, {t: t if isinstance(t, int) else int("".join(map(str, t)), 2) for t in cube}
-    )
+    graph = nx.empty_graph(n)
+    bits = [1 << b for b in range(n.bit_length() - 1)]
+    graph.add_edges_from((i, i | bit) for bit in bits for i in range(n) if not i & bit)
+    return graph
 
 
 def _exponential(n: int) -> nx.Graph:
@@ -306,321 +342,25 @@ def _exponential(n: int) -> nx.Graph:
     return graph
 
 
-def _finalize(graph: nx.Graph, label: str, hint: str) -> nx.Graph:
-    """Make `graph` a simple undirected graph with sorted int nodes; require N >= 2, connected."""
-    if graph.is_directed():
-        graph = graph.to_undirected()
-    simple = nx.Graph(graph)
-    simple.remove_edges_from(list(nx.selfloop_edges(simple)))
-    out = nx.Graph()
-    out.add_nodes_from(sorted(simple.nodes(data=True), key=lambda item: item[0]))
-    out.add_edges_from(simple.edges(data=True))
-    n = out.number_of_nodes()
-    if n < 2:
-        raise TopologyError(
-            f"topology {label!r}: a gossip network needs at least 2 nodes, got {n}"
-        )
-    if not nx.is_connected(out):
-        sizes = sorted((len(c) for c in nx.connected_components(out)), reverse=True)
-        shown = ", ".join(map(str, sizes[:10])) + (", ..." if len(sizes) > 10 else "")
-        raise TopologyError(
-            f"topology {label!r} is disconnected ({len(sizes)} components: sizes {shown}); "
-            f"gossip cannot reach consensus — use a connected graph ({hint})"
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True, kw_only=True)
-class NodeSpec:
-    """One node of a topology file: its id and, for networked runs, where it listens."""
-
-    id: int
-    host: str | None = None
-    port: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class TopologyFile:
-    """A parsed topology TOML file."""
-
-    name: str
-    graph: nx.Graph
-    nodes: tuple[NodeSpec, ...]
-    weights: str | None
-    seed: int
-    experiment: dict[str, Any] = field(default_factory=dict)
-
-
-def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFile:
-    """Load a topology TOML file (see ``topologies/`` for examples).
-
-    Args:
-        path: the ``.toml`` file.
-        default_seed: seed of a random ``generator`` when the file sets no ``seed``.
-
-    Raises:
-        TopologyError: the file is missing, unparseable, has unknown keys, bad node ids or edges,
-            or describes a disconnected graph.
-        WeightError: ``weights`` names an unknown rule.
-    """
-    path = Path(path)
-    data = _read_toml(path)
-    _check_keys(path, "top-level key", data, TOPOLOGY_FILE_KEYS)
-    name = data.get("name", path.stem)
-    if not isinstance(name, str):
-        raise TopologyError(f"{path}: 'name' must be a string, got {name!r}")
-    seed = data.get("seed", default_seed)
-    if not _is_int(seed):
-        raise TopologyError(f"{path}: 'seed' must be an integer, got {seed!r}")
-    weights = data.get("weights")
-    if weights is not None and (not isinstance(weights, str) or _rule_name(weights) is None):
-        raise WeightError(
-            f"{path}: unknown weight rule {weights!r}; accepted: {', '.join(WEIGHT_RULES)}"
-        )
-    experiment = data.get("experiment", {})
-    if not isinstance(experiment, dict):
-        raise TopologyError(f"{path}: 'experiment' must be a table ([experiment])")
-    node_specs = _parse_nodes(path, data.get("nodes"))
-    has_generator, has_edges = "generator" in data, "edges" in data
-    if has_generator == has_edges:
-        raise TopologyError(
-            f"{path}: give exactly one of 'generator' (a spec such as \"ring\") or 'edges' "
-            f"(a list of [u, v] pairs), got {'both' if has_generator else 'neither'}"
-        )
-    if has_generator:
-        graph = _graph_from_generator(path, data["generator"], node_specs, seed)
-    else:
-        graph = _graph_from_edges(path, data["edges"], node_specs)
-    if node_specs is None:
-        node_specs = tuple(NodeSpec(id=i) for i in range(graph.number_of_nodes()))
-    return TopologyFile(
-        name=name,
-        graph=graph,
-        nodes=node_specs,
-        weights=_rule_name(weights) if weights is not None else None,
-        seed=seed,
-        experiment=experiment,
-    )
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    """Read and parse a TOML file, turning every failure into a one-line TopologyError."""
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise TopologyError(f"topology file '{path}' does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TopologyError(f"{path}: cannot parse TOML: {_one_line(exc)}") from exc
-
-
-def _check_keys(path: Path, what: str, table: dict[str, Any], allowed: Iterable[str]) -> None:
-    """Raise if `table` has a key outside `allowed`."""
-    allowed = tuple(allowed)
-    for key in table:
-        if key not in allowed:
-            raise TopologyError(
-                f"{path}: unknown {what} {key!r}; valid keys: {', '.join(allowed)}"
-            )
-
-
-def _is_int(value: object) -> bool:
-    """Whether a TOML value is an integer (booleans are not)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _parse_nodes(path: Path, raw: object) -> tuple[NodeSpec, ...] | None:
-    """Validate the ``[[nodes]]`` array: unique ids 0..N-1, known keys, sane hosts and ports."""
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        raise TopologyError(f"{path}: 'nodes' must be an array of tables ([[nodes]] with id = ...)")
-    specs: dict[int, NodeSpec] = {}
-    for table in raw:
-        _check_keys(path, "node key", table, NODE_KEYS)
-        node_id, host, port = table.get("id"), table.get("host"), table.get("port")
-        if not _is_int(node_id):
-            raise TopologyError(f"{path}: every [[nodes]] needs an integer id, got {node_id!r}")
-        if node_id in specs:
-            raise TopologyError(f"{path}: duplicate node id {node_id}; node ids must be unique")
-        if host is not None and (not isinstance(host, str) or not host):
-            raise TopologyError(f"{path}: node {node_id}: host must be a non-empty string")
-        if port is not None and (not _is_int(port) or not 1 <= port <= 65535):
-            raise TopologyError(f"{path}: node {node_id}: port must be in 1..65535, got {port!r}")
-        specs[node_id] = NodeSpec(id=node_id, host=host, port=port)
-    n = len(specs)
-    for node_id in sorted(specs):
-        if not 0 <= node_id < n:
-            missing = min(set(range(n)) - set(specs))
-            raise TopologyError(
-                f"{path}: node id {node_id} is out of range; with {n} nodes the ids must be "
-                f"0..{n - 1} (id {missing} is missing)"
-            )
-    seen: dict[tuple[str, int], int] = {}
-    for spec in specs.values():
-        if spec.host is not None and spec.port is not None:
-            other = seen.setdefault((spec.host, spec.port), spec.id)
-            if other != spec.id:
-                raise TopologyError(
-                    f"{path}: nodes {other} and {spec.id} both listen on {spec.host}:{spec.port}"
-                )
-    return tuple(specs[i] for i in range(n))
-
-
-def _graph_from_generator(
-    path: Path, generator: object, node_specs: tuple[NodeSpec, ...] | None, seed: int
-) -> nx.Graph:
-    """Build the graph of a file's ``generator`` spec, sized by its node list if needed."""
-    if not isinstance(generator, str) or _looks_like_path(generator):
-        raise TopologyError(
-            f"{path}: 'generator' must be an inline spec such as \"ring\" or \"torus:4x4\", "
-            f"got {generator!r}"
-        )
-    nodes = len(node_specs) if node_specs else None
-    try:
-        return _build_inline(generator, nodes=nodes, seed=seed, nodes_source="its [[nodes]] count")
-    except TopologyError as exc:
-        raise TopologyError(f"{path}: {exc}") from exc
-
-
-def _graph_from_edges(
-    path: Path, edges: object, node_specs: tuple[NodeSpec, ...] | None
-) -> nx.Graph:
-    """Build the graph of a file's explicit ``edges`` list."""
-    if not isinstance(edges, list):
-        raise TopologyError(f"{path}: 'edges' must be a list of [u, v] pairs")
-    pairs: list[tuple[int, int]] = []
-    for i, edge in enumerate(edges):
-        if not (isinstance(edge, list) and len(edge) == 2 and all(_is_int(v) for v in edge)):
-            raise TopologyError(f"{path}: edges[{i}] must be a pair of node ids like [0, 1], got {edge!r}")
-        pairs.append((edge[0], edge[1]))
-    if node_specs is not None:
-        declared = set(range(len(node_specs)))
-        for i, (u, v) in enumerate(pairs):
-            for node in (u, v):
-                if node not in declared:
-                    raise TopologyError(
-                        f"{path}: edges[{i}] = [{u}, {v}] uses node {node}, which is not declared "
-                        f"in [[nodes]] (ids 0..{len(node_specs) - 1})"
-                    )
-        n = len(node_specs)
-    else:
-        ids = sorted({v for pair in pairs for v in pair})
-        n = len(ids)
-        if ids != list(range(n)):
-            bad = next(v for i, v in enumerate(ids) if v != i)
-            raise TopologyError(
-                f"{path}: node id {bad} in 'edges' leaves a gap; without [[nodes]] the ids used "
-                f"in edges must be 0..N-1"
-            )
-    graph = nx.empty_graph(n)
-    graph.add_edges_from(pairs)
-    return _finalize(graph, str(path), "add edges")
-
-
-def _load_file_graph(path: Path, *, default_seed: int) -> nx.Graph:
-    """Load a graph from a TOML, GraphML or edge-list file."""
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        return load_topology_file(path, default_seed=default_seed).graph
-    if not path.exists():
-        raise TopologyError(f"topology file '{path}' does not exist")
-    if suffix == ".graphml":
-        try:
-            graph = nx.read_graphml(path, node_type=str)
-        except Exception as exc:  # the XML parser and GraphML reader raise many kinds
-            raise TopologyError(f"{path}: cannot parse GraphML: {_one_line(exc)}") from exc
-    else:
-        graph = _read_edge_list(path)
-    if graph.is_directed():
-        graph = graph.to_undirected()
-    return _finalize(_relabel_sorted(nx.Graph(graph)), str(path), "add edges")
-
-
-def _read_edge_list(path: Path) -> nx.Graph:
-    """Read a whitespace- or comma-separated edge list; a header row of names is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TopologyError(f"{path}: cannot read edge list: {_one_line(exc)}") from exc
-    rows = [
-        line.split("#", 1)[0].replace(",", " ").split()
-        for line in text.splitlines()
-    ]
-    rows = [row for row in rows if row]
-    if rows and not _ints(rows[0][:2]) and all(_ints(row[:2]) for row in rows[1:]):
-        rows = rows[1:]
-    bad = next((row for row in rows if len(row) < 2), None)
-    if bad is not None:
-        raise TopologyError(
-            f"{path}: cannot parse edge list line {' '.join(bad)!r}; expected one 'u v' "
-            f"(or 'u,v') pair per line"
-        )
-    graph = nx.parse_edgelist((" ".join(row[:2]) for row in rows), nodetype=str, data=False)
-    if graph.number_of_edges() == 0:
-        raise TopologyError(
-            f"{path}: no edges found; an edge list has one 'u v' (or 'u,v') pair per line"
-        )
-    return graph
-
-
-def _ints(tokens: list[str]) -> bool:
-    """Whether every token parses as an integer."""
-    try:
-        [int(t) for t in tokens]
-    except ValueError:
-        return False
-    return True
-
-
-def _relabel_sorted(graph: nx.Graph) -> nx.Graph:
-    """Relabel nodes to 0..N-1 in sorted order of their labels (as ints when all are ints)."""
-    labels = list(graph.nodes)
-    try:
-        as_int = {label: int(label) for label in labels}
-    except (TypeError, ValueError):
-        as_int = {}
-    if as_int and len(set(as_int.values())) == len(labels):
-        graph = nx.relabel_nodes(graph, as_int)
-    else:
-        # natural order, so that "n2" comes before "n10"
-        graph = nx.relabel_nodes(graph, {label: str(label) for label in labels})
-        graph = nx.relabel_nodes(graph, {label: _natural_key(label) for label in graph})
-    return nx.convert_node_labels_to_integers(graph, ordering="sorted")
-
-
-def _natural_key(label: str) -> tuple[tuple[int, int, str], ...]:
-    """A sort key that orders digit runs numerically ("n2" before "n10"), ties broken by text."""
-    parts = tuple(
-        (0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label) if t
-    )
-    return (*parts, (2, 0, label))
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message of `exc` on one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 # ----------------------------------------------------------------------------- weights
 
 
-def _rule_name(rule: str) -> str | None:
+def rule_name(rule: str) -> str | None:
     """The canonical name of a weight rule, or None if unknown."""
     name = rule.strip().lower().replace("_", "-")
     return name if name in WEIGHT_RULES else None
 
 
-def mixing_matrix(G: nx.Graph, rule: WeightRule = "metropolis") -> np.ndarray:
+def mixing_matrix(G: nx.Graph, rule: WeightRule = "metropolis", *, sparse: bool = False) -> Any:
     """The N x N gossip mixing matrix W of graph `G` (nodes 0..N-1) under a weight rule.
 
     Args:
         G: an undirected graph with nodes labelled 0..N-1; self loops are ignored.
         rule: ``metropolis`` (symmetric, doubly stochastic), ``max-degree`` (symmetric, doubly
-            stochastic), ``uniform`` (row-stochastic only), or a callable returning W.
+            stochastic), ``uniform`` (row-stochastic only), or a callable returning W (a dense
+            array or a scipy sparse matrix).
+        sparse: return a ``scipy.sparse.csr_array``, built from the edges in O(N + E), instead of
+            a dense (N, N) array; use it for large N.
 
     Returns:
         W as float64: non-negative, rows sum to 1, zero off the edges.
@@ -635,52 +375,97 @@ def mixing_matrix(G: nx.Graph, rule: WeightRule = "metropolis") -> np.ndarray:
             "mixing_matrix needs nodes labelled 0..N-1; relabel with "
             "nx.convert_node_labels_to_integers(G, ordering='sorted')"
         )
-    adjacency = nx.to_numpy_array(G, nodelist=range(n), weight=None, dtype=np.float64)
-    np.fill_diagonal(adjacency, 0.0)
-    adjacency = (adjacency != 0).astype(np.float64)
+    rows, cols = _neighbour_pairs(G, n)
     if callable(rule):
         try:
-            weights = np.asarray(rule(G), dtype=np.float64)
+            result = rule(G)
+            weights = (
+                scipy.sparse.csr_array(result, dtype=np.float64, copy=True)
+                if scipy.sparse.issparse(result)
+                else np.asarray(result, dtype=np.float64)
+            )
         except (TypeError, ValueError) as exc:
-            raise WeightError(f"weight rule did not return a numeric matrix: {_one_line(exc)}") from exc
-        _validate(weights, adjacency)
-        return weights
-    name = _rule_name(rule) if isinstance(rule, str) else None
+            raise WeightError(f"weight rule did not return a numeric matrix: {one_line(exc)}") from exc
+        checked = _validate(weights, rows, cols, n)
+        if sparse:
+            return checked
+        return weights if isinstance(weights, np.ndarray) else checked.toarray()
+    name = rule_name(rule) if isinstance(rule, str) else None
     if name is None:
         raise WeightError(f"unknown weight rule {rule!r}; accepted: {', '.join(WEIGHT_RULES)}")
-    degree = adjacency.sum(axis=1)
+    W = _rule_matrix(name, rows, cols, n)
+    return W if sparse else W.toarray()
+
+
+def _neighbour_pairs(G: nx.Graph, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the distinct off-diagonal nonzeros of G's adjacency, in row-major order."""
+    pairs = np.fromiter(itertools.chain.from_iterable(G.edges()), dtype=np.int64).reshape(-1, 2)
+    u, v = pairs[:, 0], pairs[:, 1]
+    u, v = u[u != v], v[u != v]
+    if not G.is_directed():
+        u, v = np.concatenate([u, v]), np.concatenate([v, u])
+    keys = np.sort(u * n + v)
+    keys = keys[np.diff(keys, prepend=-1) != 0]  # a multigraph repeats edges
+    return keys // n, keys % n
+
+
+def _rule_matrix(name: str, rows: np.ndarray, cols: np.ndarray, n: int) -> scipy.sparse.csr_array:
+    """W of a named rule on the neighbour pairs (rows, cols), as a canonical CSR array."""
+    degree = np.bincount(rows, minlength=n).astype(np.float64)
+    off: np.ndarray
+    diagonal: np.ndarray
     if name == "uniform":
-        return (adjacency + np.eye(n)) / (1.0 + degree)[:, None]
-    if name == "metropolis":
-        weights = adjacency / (1.0 + np.maximum.outer(degree, degree))
+        off = 1.0 / (1.0 + degree[rows])
+        diagonal = 1.0 / (1.0 + degree)
     else:
-        weights = adjacency / (1.0 + (degree.max() if n else 0.0))
-    np.fill_diagonal(weights, 1.0 - weights.sum(axis=1))
-    return weights
+        if name == "metropolis":
+            off = 1.0 / (1.0 + np.maximum(degree[rows], degree[cols]))
+        else:  # max-degree
+            off = np.full(rows.size, 1.0 / (1.0 + (degree.max() if n else 0.0)))
+        diagonal = 1.0 - np.bincount(rows, weights=off, minlength=n)
+    nodes = np.arange(n)
+    W = scipy.sparse.csr_array(
+        (np.concatenate([off, diagonal]), (np.concatenate([rows, nodes]), np.concatenate([cols, nodes]))),
+        shape=(n, n),
+    )
+    W.sum_duplicates()
+    return W
 
 
-def _validate(weights: np.ndarray, adjacency: np.ndarray) -> None:
-    """Raise WeightError unless `weights` is a valid row-stochastic matrix on `adjacency`."""
-    n = adjacency.shape[0]
+def _validate(weights: Matrix, rows: np.ndarray, cols: np.ndarray, n: int) -> scipy.sparse.csr_array:
+    """Check a callable rule's W: shape, finite, non-negative, rows sum to 1, zero off the edges
+    (neighbour pairs `rows`, `cols`). Returns W as a canonical CSR array.
+
+    Raises:
+        WeightError: naming the first offending entry or row.
+    """
     if weights.shape != (n, n):
         raise WeightError(f"weight matrix has shape {weights.shape}, expected ({n}, {n})")
-    if not np.all(np.isfinite(weights)):
+    W = scipy.sparse.csr_array(weights, dtype=np.float64)
+    W.sum_duplicates()  # canonical: entries in row-major order, so "first" means what it says
+    entry_rows = np.repeat(np.arange(n), np.diff(W.indptr))
+    if not np.all(np.isfinite(W.data)):
         raise WeightError("weight matrix has non-finite entries (nan or inf)")
-    if weights.min(initial=0.0) < -1e-12:
-        i, j = (int(v) for v in np.unravel_index(np.argmin(weights), weights.shape))
-        raise WeightError(f"weight matrix has a negative entry W[{i},{j}] = {weights[i, j]:.3g}")
-    row_error = np.abs(weights.sum(axis=1) - 1.0)
+    if W.data.size and W.data.min() < -1e-12:
+        k = int(np.argmin(W.data))
+        raise WeightError(
+            f"weight matrix has a negative entry W[{entry_rows[k]},{W.indices[k]}] = {W.data[k]:.3g}"
+        )
+    row_sums = np.asarray(W.sum(axis=1)).ravel()
+    row_error = np.abs(row_sums - 1.0)
     if row_error.size and row_error.max() > 1e-9:
         row = int(np.argmax(row_error))
-        raise WeightError(
-            f"weight matrix rows must sum to 1; row {row} sums to {weights[row].sum():.12g}"
-        )
-    off_edge = (adjacency == 0) & ~np.eye(n, dtype=bool) & (weights != 0)
+        raise WeightError(f"weight matrix rows must sum to 1; row {row} sums to {row_sums[row]:.12g}")
+    stored = W.data != 0
+    u, v = entry_rows[stored], W.indices[stored]
+    off_edge = (u != v) & ~np.isin(u * n + v, rows * n + cols)
     if off_edge.any():
-        u, v = (int(k) for k in np.argwhere(off_edge)[0])
+        k = int(np.flatnonzero(off_edge)[0])
         raise WeightError(
-            f"weight matrix has W[{u},{v}] = {weights[u, v]:.3g} but {u} and {v} are not neighbours"
+            f"weight matrix has W[{u[k]},{v[k]}] = {W.data[stored][k]:.3g} but {u[k]} and {v[k]} "
+            f"are not neighbours"
         )
+    return W
 
 
 # ----------------------------------------------------------------------------- spectrum
@@ -718,14 +503,39 @@ class Spectrum:
         return rounds
 
 
-def spectrum(W: np.ndarray) -> Spectrum:
+# Sparse W up to this size is analysed densely: exact, and quick at this size.
+_DENSE_SPECTRUM_MAX = 1500
+# A W whose reverse Cuthill-McKee envelope is at most this many entries per row (rings, paths,
+# ladders) is factorised at once: its LU costs O(N), and Lanczos alone would need ~N steps there.
+_NARROW_ENVELOPE = 16
+# Above this many envelope entries an LU may not fit in memory: Lanczos gets a longer budget.
+_SAFE_ENVELOPE = 50_000_000
+# Lanczos restarts (of up to _NCV vectors) before falling back to shift-invert.
+_RESTARTS, _RESTARTS_UNSAFE_LU, _NCV = 30, 300, 32
+# Shift-invert looks just past a Gershgorin end of the spectrum, which an eigenvalue may reach
+# (1 for a stochastic W); the offset keeps W - sigma*I non-singular.
+_SHIFT = 1e-12
+
+
+def spectrum(W: Matrix) -> Spectrum:
     """Spectral summary of mixing matrix `W`: SLEM, gap, second and smallest eigenvalue.
 
-    The eigenvalue closest to 1 (the consensus direction) is excluded once.
+    The eigenvalue closest to 1 (the consensus direction) is excluded once. `W` may be a dense
+    array or a scipy sparse matrix; a large sparse `W` (N > 1500) is never densified: its extreme
+    eigenvalues come from ARPACK (Lanczos, else shift-invert with a sparse LU), seeded, so the
+    result is reproducible. That path assumes the largest eigenvalue is the one excluded (true for
+    any stochastic W).
 
     Raises:
-        WeightError: `W` is not a square matrix.
+        WeightError: `W` is not a square matrix, or ARPACK cannot resolve its spectrum.
     """
+    if scipy.sparse.issparse(W):
+        if len(W.shape) != 2 or W.shape[0] != W.shape[1] or W.shape[0] == 0:
+            raise WeightError(f"spectrum needs a non-empty square matrix, got shape {W.shape}")
+        W = scipy.sparse.csr_array(W, dtype=np.float64)
+        if W.shape[0] > _DENSE_SPECTRUM_MAX:
+            return _sparse_spectrum(W)
+        W = W.toarray()
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1] or W.shape[0] == 0:
         raise WeightError(f"spectrum needs a non-empty square matrix, got shape {W.shape}")
@@ -733,7 +543,11 @@ def spectrum(W: np.ndarray) -> Spectrum:
         eigenvalues: np.ndarray = np.linalg.eigvalsh(W).astype(np.complex128)
     else:
         eigenvalues = np.linalg.eigvals(W)
-    lambda_min = float(eigenvalues.real.min())
+    return _summarise(eigenvalues, float(eigenvalues.real.min()))
+
+
+def _summarise(eigenvalues: np.ndarray, lambda_min: float) -> Spectrum:
+    """The Spectrum of `eigenvalues` (all of them, or the extreme ones that decide it)."""
     rest = np.delete(eigenvalues, np.argmin(np.abs(eigenvalues - 1.0)))
     if rest.size == 0:
         return Spectrum(slem=0.0, spectral_gap=1.0, lambda2=0.0, lambda_min=lambda_min)
@@ -745,18 +559,110 @@ def spectrum(W: np.ndarray) -> Spectrum:
     )
 
 
-def describe(G: nx.Graph, W: np.ndarray, rule: WeightRule) -> dict[str, Any]:
-    """A flat summary of a topology and its mixing matrix, for the ``gossipfl topology`` table."""
+def _sparse_spectrum(W: scipy.sparse.csr_array) -> Spectrum:
+    """The Spectrum of a large sparse W from its extreme eigenvalues, without an N x N array."""
+    symmetric = bool(abs(W - W.T).max() <= 1e-12)
+    envelope = _envelope(W)
+    top = _extreme(W, "top", 2, symmetric, envelope)
+    bottom = _extreme(W, "bottom", 1, symmetric, envelope)
+    found = np.concatenate([top, bottom]).astype(np.complex128)
+    if not symmetric:
+        # off the real axis a non-real pair can have the largest modulus: ask ARPACK for it too
+        largest = _lanczos(W, "LM", 2, symmetric, _RESTARTS)
+        if largest is not None:
+            found = np.concatenate([found, np.delete(largest, np.argmin(np.abs(largest - 1.0)))])
+    return _summarise(found, float(bottom.real.min()))
+
+
+def _envelope(W: scipy.sparse.csr_array) -> int:
+    """Entries in the lower envelope of W's symmetrised pattern after reverse Cuthill-McKee: a
+    bound on the fill of its LU factors (about 2 * N for a ring, about N * N / 4 for expanders)."""
+    pattern = abs(W) + abs(W).T
+    order = reverse_cuthill_mckee(scipy.sparse.csr_matrix(pattern), symmetric_mode=True)
+    permuted = scipy.sparse.csr_array(pattern[order][:, order])
+    n = W.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(permuted.indptr))
+    first = np.arange(n)
+    np.minimum.at(first, rows, permuted.indices)
+    return int(np.sum(np.arange(n) - first))
+
+
+def _extreme(
+    W: scipy.sparse.csr_array, end: str, k: int, symmetric: bool, envelope: int
+) -> np.ndarray:
+    """The `k` eigenvalues of W at the top (largest real part) or bottom of its spectrum.
+
+    Lanczos first, unless W is narrow enough that a sparse LU is cheaper; shift-invert (an LU of
+    W - sigma*I, sigma just past W's Gershgorin bound) when Lanczos does not converge, which is
+    where the spectrum near that end is clustered (a ring of N nodes: gaps of order 1/N^2).
+    """
+    n = W.shape[0]
+    if envelope > _NARROW_ENVELOPE * n:
+        restarts = _RESTARTS if envelope <= _SAFE_ENVELOPE else _RESTARTS_UNSAFE_LU
+        which = ("LA" if end == "top" else "SA") if symmetric else ("LR" if end == "top" else "SR")
+        found = _lanczos(W, which, k, symmetric, restarts)
+        if found is not None:
+            return found
+    diagonal = W.diagonal()
+    radius = np.asarray(abs(W).sum(axis=1)).ravel() - np.abs(diagonal)
+    bound = float(np.max(diagonal + radius) if end == "top" else np.min(diagonal - radius))
+    offset = _SHIFT * max(1.0, abs(bound))
+    sigma = bound + offset if end == "top" else bound - offset
+    found = _shift_invert(W, k, sigma, symmetric)
+    # Next to the eigenvalue at the bound (1, for a stochastic W) the k-th one is found to about
+    # eps * gap**2 / offset: when the gap is wide, look again from a tenth of it away.
+    gap = float(np.max(np.abs(found - sigma)))
+    if k > 1 and gap * gap > 1e4 * offset:
+        found = _shift_invert(W, k, bound + (0.1 * gap if end == "top" else -0.1 * gap), symmetric)
+    return found
+
+
+def _shift_invert(W: scipy.sparse.csr_array, k: int, sigma: float, symmetric: bool) -> np.ndarray:
+    """The `k` eigenvalues of W nearest `sigma`, by Lanczos/Arnoldi on (W - sigma*I)^-1 (an LU)."""
+    solve = scipy.sparse.linalg.eigsh if symmetric else scipy.sparse.linalg.eigs
+    n = W.shape[0]
+    try:
+        return solve(W.tocsc(), k=k, sigma=sigma, which="LM", v0=_start(n), return_eigenvectors=False)
+    except (scipy.sparse.linalg.ArpackError, RuntimeError) as exc:
+        raise WeightError(
+            f"cannot resolve the spectrum of this {n}-node mixing matrix (shift-invert at "
+            f"{sigma:.6g}): {one_line(exc)}"
+        ) from exc
+
+
+def _lanczos(
+    W: scipy.sparse.csr_array, which: str, k: int, symmetric: bool, restarts: int
+) -> np.ndarray | None:
+    """`k` eigenvalues of W by implicitly restarted Lanczos/Arnoldi, or None if not converged."""
+    solve = scipy.sparse.linalg.eigsh if symmetric else scipy.sparse.linalg.eigs
+    n = W.shape[0]
+    try:
+        return solve(
+            W, k=k, which=which, v0=_start(n), ncv=min(n - 1, _NCV), tol=1e-10, maxiter=restarts,
+            return_eigenvectors=False,
+        )
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        return None
+
+
+def _start(n: int) -> np.ndarray:
+    """ARPACK's starting vector: fixed, so that spectra are reproducible."""
+    return np.random.default_rng(0).standard_normal(n)
+
+
+def describe(G: nx.Graph, W: Matrix, rule: WeightRule) -> dict[str, Any]:
+    """A flat summary of a topology and its mixing matrix (dense or sparse), for the
+    ``gossipfl topology`` table."""
     degrees = [d for _, d in G.degree()]
     spec = spectrum(W)
-    rule_name = rule if isinstance(rule, str) else getattr(rule, "__name__", "custom")
+    rule_label = rule if isinstance(rule, str) else getattr(rule, "__name__", "custom")
     return {
         "nodes": G.number_of_nodes(),
         "edges": G.number_of_edges(),
         "degree_min": min(degrees, default=0),
         "degree_mean": float(np.mean(degrees)) if degrees else 0.0,
         "degree_max": max(degrees, default=0),
-        "weights": rule_name,
+        "weights": rule_label,
         "slem": spec.slem,
         "spectral_gap": spec.spectral_gap,
         "lambda2": spec.lambda2,
@@ -775,13 +681,25 @@ def draw(
 ) -> Path:
     """Draw `G` to a PNG at `path` (circular layout when 0-1-...-N-1 is a cycle, else spring).
 
+    A path without a ``.png`` suffix gets one appended (``graph`` -> ``graph.png``).
+
     Returns:
         The path written.
+
+    Raises:
+        TopologyError: `path` is a directory or cannot be written.
     """
     # the Figure API rather than pyplot: no global figure state, no GUI backend to select
     from matplotlib.figure import Figure
 
     path = Path(path)
+    if path.is_dir():
+        raise TopologyError(
+            f"cannot write the drawing to '{path}': it is a directory; give a file such as "
+            f"'{path / 'graph.png'}'"
+        )
+    if path.suffix.lower() != ".png":
+        path = path.with_name(path.name + ".png")
     n = G.number_of_nodes()
     ring_like = n > 2 and all(G.has_edge(i, (i + 1) % n) for i in range(n))
     pos = nx.circular_layout(G) if ring_like else nx.spring_layout(G, seed=0)
@@ -799,6 +717,11 @@ def draw(
         parts.append(f"spectral gap {spectral_gap:.4g}")
     ax.set_title(" — ".join(parts))
     ax.set_axis_off()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    except OSError as exc:
+        raise TopologyError(
+            f"cannot write the drawing to '{path}': {exc.strerror or one_line(exc)}"
+        ) from exc
     return path

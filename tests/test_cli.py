@@ -192,18 +192,16 @@ def test_out_that_is_a_file(tmp_path):
     assert_friendly_error(result, str(blocker))
 
 
-def test_negative_seed_is_refused_or_works(tmp_path):
+def test_negative_seed_is_refused(tmp_path):
     result = invoke("simulate", "--topology", "ring:4", "--model", "logreg", "--rounds", 1,
                     "--seed", -1, "--out", tmp_path / "run")
-    if result.exit_code == 0:
-        return
-    assert_friendly_error(result, "seed")
+    assert_friendly_error(result, "seed", "-1")
 
 
 def test_rejected_run_prints_nothing_on_stdout():
     result = invoke("simulate", "--topology", "rnig:16")
     assert_friendly_error(result, "rnig:16")
-    assert result.stdout.strip() == ""
+    assert result.stdout == ""
 
 
 # ----------------------------------------------------------------------------- topology
@@ -315,3 +313,88 @@ def test_help(args, words):
     assert result.exit_code == 0, result.output
     for word in words:
         assert word in result.stdout, f"{word!r} missing from `gossipfl {' '.join(args)}`"
+
+
+# ----------------------------------------------------------------------------- review regressions
+
+
+def test_messages_with_brackets_are_printed_verbatim(tmp_path):
+    """Paths and specs are user text: rich markup in them must neither vanish nor crash."""
+    result = invoke("simulate", "--topology", "runs[/]x.toml")
+    assert_friendly_error(result, "runs[/]x.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("edges = [[0, 1], [1, 5]]\n[[nodes]]\nid = 0\n[[nodes]]\nid = 1\n")
+    line = assert_friendly_error(invoke("topology", bad))
+    assert "5" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["simulate", "--nodes", "abc"], ["--nodes", "simulate --help"]),
+        (["simulate", "--frobnicate"], ["--frobnicate"]),
+        (["plot"], ["Missing argument"]),
+    ],
+)
+def test_usage_errors_are_one_line_through_the_entry_point(monkeypatch, capsys, args, words):
+    from gossipfl.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["gossipfl", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    line = error_line(capsys.readouterr().err)
+    for word in words:
+        assert word in line
+
+
+@pytest.mark.parametrize(("key", "value"), [("topology", "16"), ("out", "5"), ("dataset", "1"), ("weights", "2")])
+def test_wrong_types_in_a_config_file_are_one_line(tmp_path, key, value):
+    path = tmp_path / "x.toml"
+    path.write_text(f"{key} = {value}\n")
+    assert_friendly_error(invoke("simulate", "--config", path), key, str(path))
+
+
+def test_plot_skips_a_half_written_last_line_and_rejects_corrupt_ones(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = [{"round": r, "consensus_distance": 0.5**r} for r in range(5)]
+    body = "".join(json.dumps(r) + "\n" for r in good)
+    (run / "metrics.jsonl").write_text(body + '{"round": 5, "consen')  # killed mid-write
+    result = invoke("plot", run, "--out", tmp_path / "p.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.png").read_bytes().startswith(PNG_SIGNATURE)
+    (run / "metrics.jsonl").write_text('{"round": 0, "consen\n' + body)
+    assert_friendly_error(invoke("plot", run, "--out", tmp_path / "q.png"), "metrics.jsonl:1")
+
+
+def test_unwritable_outputs_are_one_line(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("simulate", "--algorithm", "consensus", "--topology", "ring:4", "--dim", 3,
+                  "--rounds", 2, "--out", run).exit_code == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_friendly_error(invoke("plot", run, "--out", blocker / "p.png"), str(blocker))
+    assert_friendly_error(invoke("topology", "ring:8", "--draw", tmp_path), str(tmp_path))
+
+
+def test_plot_reports_the_file_it_actually_wrote(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("simulate", "--algorithm", "consensus", "--topology", "ring:4", "--dim", 3,
+                  "--rounds", 2, "--out", run).exit_code == 0
+    result = invoke("plot", run, "--out", tmp_path / "noext")
+    assert result.exit_code == 0
+    assert (tmp_path / "noext.png").exists()
+    assert "noext.png" in result.stdout
+
+
+def test_diverged_run_writes_valid_json_with_nulls(tmp_path):
+    run = tmp_path / "run"
+    result = invoke("simulate", "--topology", "ring:4", "--dataset", SMALL_DATA, "--model", "logreg",
+                    "--lr", "1e30", "--rounds", 6, "--eval-every", 3, "--out", run)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # strict JSON
+    assert any(r["consensus_distance"] is None for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["diverged"] is True
+

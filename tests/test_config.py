@@ -16,7 +16,7 @@ from gossipfl.errors import ConfigError, GossipError
 DEFAULTS = {
     "topology": "ring",
     "nodes": None,
-    "weights": "metropolis",
+    "weights": None,
     "algorithm": "dpsgd",
     "dataset": "digits",
     "partition": "iid",

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import pytest
+import scipy.sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gossipfl.topology as topology
+from gossipfl import topofile
 from gossipfl.errors import GossipError, TopologyError, WeightError
 from gossipfl.topology import (
+    NODE_KEYS,
     SPECS_HELP,
     TOPOLOGY_FILE_KEYS,
     WEIGHT_RULES,
@@ -25,6 +33,7 @@ from gossipfl.topology import (
     load_topology_file,
     mixing_matrix,
     spectrum,
+    topology_defaults,
 )
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"
@@ -252,6 +261,91 @@ def test_disconnected_lists_component_sizes(tmp_path: Path) -> None:
         build_graph(str(path))
 
 
+@pytest.mark.parametrize(
+    ("spec", "full"),
+    [
+        ("ring", "ring:12"),
+        ("torus", "torus:3x4"),
+        ("random-regular:3", "random-regular:12:3"),
+        ("erdos-renyi:0.5", "erdos-renyi:12:0.5"),
+        ("small-world:4:0.1", "small-world:12:4:0.1"),
+    ],
+)
+def test_default_nodes_sizes_an_inline_spec(spec: str, full: str) -> None:
+    a = build_graph(spec, seed=3, default_nodes=12)
+    b = build_graph(full, seed=3)
+    assert list(a.nodes) == list(b.nodes)
+    assert set(a.edges) == set(b.edges)
+
+
+def test_default_nodes_yields_to_nodes_and_to_the_spec() -> None:
+    assert build_graph("ring", nodes=8, default_nodes=16).number_of_nodes() == 8
+    assert build_graph("ring:5", default_nodes=16).number_of_nodes() == 5  # a default, not a check
+    assert build_graph("torus:3x4", default_nodes=16).number_of_nodes() == 12
+    with raises_one_line(TopologyError, r"add the size"):
+        build_graph("ring", default_nodes=None)
+    with raises_one_line(TopologyError, r"at least 2 nodes, got 1"):
+        build_graph("ring", default_nodes=1)
+
+
+def test_default_nodes_never_applies_to_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "mynet", "0 1\n1 2\n2 0\n")
+    write(tmp_path, "tri.el", "0 1\n1 2\n2 0\n")
+    monkeypatch.chdir(tmp_path)
+    assert build_graph("mynet", default_nodes=16).number_of_nodes() == 3
+    assert build_graph("tri.el", default_nodes=16).number_of_nodes() == 3
+    assert build_graph(str(tmp_path / "mynet"), default_nodes=16).number_of_nodes() == 3
+    # a TOML generator without a size is sized by its [[nodes]] or not at all
+    toml = write(tmp_path, "t.toml", 'generator = "ring"\n')
+    with raises_one_line(TopologyError, r"t\.toml: topology 'ring' has no size"):
+        build_graph(str(toml), default_nodes=16)
+
+
+@pytest.mark.parametrize("spec", ["", "   ", "\t\n"])
+def test_blank_spec_is_an_error_not_the_current_directory(spec: str) -> None:
+    with raises_one_line(TopologyError, r"^empty topology spec; accepted: ring:N, torus:RxC"):
+        build_graph(spec, default_nodes=16)
+
+
+def test_inline_name_wins_over_a_directory_of_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ring").mkdir()
+    (tmp_path / "torus").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert build_graph("ring", default_nodes=6).number_of_edges() == 6
+    assert build_graph("torus", nodes=9).number_of_edges() == 18
+    # nor does the directory hijack a TOML generator
+    nodes = "".join(f"[[nodes]]\nid = {i}\n" for i in range(3))
+    path = write(tmp_path, "t.toml", 'generator = "ring"\n' + nodes)
+    assert load_topology_file(path).graph.number_of_edges() == 3
+
+
+def test_directory_is_an_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with raises_one_line(TopologyError, rf"topology file '{re.escape(str(tmp_path))}' is a directory"):
+        build_graph(str(tmp_path), default_nodes=16)
+    (tmp_path / "nets.toml").mkdir()
+    with raises_one_line(TopologyError, r"topology file '.*nets\.toml' is a directory"):
+        build_graph(str(tmp_path / "nets.toml"))
+    (tmp_path / "nets").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with raises_one_line(TopologyError, r"topology 'nets' is a directory, not a topology file"):
+        build_graph("nets", default_nodes=16)
+
+
+def test_large_ring_builds_without_quadratic_memory() -> None:
+    tracemalloc.start()
+    try:
+        G = build_graph("ring:100000")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert G.number_of_nodes() == G.number_of_edges() == 100_000
+    assert set(G[0]) == {1, 99_999}
+    assert peak < 500e6  # a dense adjacency would take 80 GB
+
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -436,6 +530,77 @@ def test_binary_edge_list(tmp_path: Path) -> None:
         build_graph(str(path))
 
 
+def test_suffixless_files_are_recognised_by_content(tmp_path: Path) -> None:
+    toml = write(tmp_path, "toml-net", 'generator = "ring:5"\nweights = "uniform"\n')
+    assert build_graph(str(toml)).number_of_edges() == 5
+    graphml = tmp_path / "graphml-net"
+    nx.write_graphml(nx.cycle_graph(4), graphml)
+    assert build_graph(str(graphml)).number_of_edges() == 4
+    with raises_one_line(TopologyError, r"unknown top-level key 'colour'"):
+        build_graph(str(write(tmp_path, "bad-net", 'colour = "red"\n')))
+
+
+def test_topology_defaults_from_a_toml_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.toml", 'generator = "ring:4"\nweights = "Max_Degree"\nseed = 7\n')
+    assert topology_defaults(str(path)) == ("max-degree", 7)
+    assert topology_defaults(f"  {path}  ") == ("max-degree", 7)
+    assert topology_defaults(str(write(tmp_path, "w.toml", 'generator = "ring:4"\nweights = "uniform"\n'))) == (
+        "uniform", None)
+    assert topology_defaults(str(write(tmp_path, "s.toml", 'generator = "ring:4"\nseed = 0\n'))) == (None, 0)
+    assert topology_defaults(str(write(tmp_path, "n.toml", 'generator = "ring:4"\n'))) == (None, None)
+    assert topology_defaults(str(write(tmp_path, "suffixless", 'edges = [[0, 1]]\nseed = 3\n'))) == (None, 3)
+    assert topology_defaults(str(TOPOLOGIES / "torus-4x4.toml")) == ("metropolis", None)
+
+
+def test_topology_defaults_of_anything_else_is_none(tmp_path: Path) -> None:
+    nx.write_graphml(nx.cycle_graph(4), tmp_path / "g.graphml")
+    for spec in ["ring:8", "ring", "torus:4x4", "", "  ", str(write(tmp_path, "g.el", "0 1\n1 2\n")),
+                 str(write(tmp_path, "mynet", "0 1\n1 2\n")), str(tmp_path / "g.graphml")]:
+        assert topology_defaults(spec) == (None, None), spec
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ('generator = "ring:4"\nweights = "metropolitan"\n', WeightError, r"unknown weight rule 'metropolitan'"),
+        ('generator = "ring:4"\nweights = 3\n', WeightError, r"unknown weight rule 3"),
+        ('generator = "ring:4"\nseed = "x"\n', TopologyError, r"'seed' must be an integer, got 'x'"),
+        ('generator = "ring:4"\nseed = true\n', TopologyError, r"'seed' must be an integer, got True"),
+        ("generator = \n", TopologyError, r"cannot parse TOML"),
+    ],
+)
+def test_topology_defaults_errors(tmp_path: Path, text: str, error: type[GossipError], match: str) -> None:
+    path = write(tmp_path, "bad.toml", text)
+    with raises_one_line(error, match) as info:
+        topology_defaults(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_topology_defaults_of_a_missing_file() -> None:
+    with raises_one_line(TopologyError, r"topology file 'nope/missing\.toml' does not exist"):
+        topology_defaults("nope/missing.toml")
+
+
+def test_file_names_are_reexported_from_topology() -> None:
+    for name in ["NodeSpec", "TopologyFile", "load_topology_file", "topology_defaults",
+                 "TOPOLOGY_FILE_KEYS", "NODE_KEYS"]:
+        assert getattr(topology, name) is getattr(topofile, name)
+        assert name in topology.__all__
+    assert NODE_KEYS == ("id", "host", "port")
+
+
+def test_topofile_imports_first_without_a_cycle() -> None:
+    code = (
+        "import gossipfl.topofile as f; "
+        f"t = f.load_topology_file({str(TOPOLOGIES / 'ring-8.toml')!r}); "
+        "print(t.graph.number_of_edges(), f.topology_defaults('ring:4'))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["8", "(None,", "None)"]
+
+
+
 # ----------------------------------------------------------------------------- weights
 
 
@@ -528,9 +693,10 @@ def test_callable_rule_is_used() -> None:
         (lambda g: "nonsense", r"did not return a numeric matrix"),
     ],
 )
-def test_callable_rule_is_validated(rule, match: str) -> None:
+@pytest.mark.parametrize("sparse", [False, True])
+def test_callable_rule_is_validated(rule, match: str, sparse: bool) -> None:
     with raises_one_line(WeightError, match):
-        mixing_matrix(build_graph("ring:4"), rule)
+        mixing_matrix(build_graph("ring:4"), rule, sparse=sparse)
 
 
 def test_unknown_weight_rule() -> None:
@@ -541,6 +707,61 @@ def test_unknown_weight_rule() -> None:
 def test_mixing_matrix_needs_integer_labels() -> None:
     with raises_one_line(TopologyError, r"labelled 0\.\.N-1"):
         mixing_matrix(nx.cycle_graph(["a", "b", "c"]))
+
+
+def reference_weights(G: nx.Graph, rule: str) -> np.ndarray:
+    """The weight rules written out densely, as textbooks state them."""
+    n = G.number_of_nodes()
+    A = nx.to_numpy_array(G, nodelist=range(n), weight=None)
+    np.fill_diagonal(A, 0.0)
+    A = (A != 0).astype(np.float64)
+    d = A.sum(axis=1)
+    if rule == "uniform":
+        return (A + np.eye(n)) / (1.0 + d)[:, None]
+    W = A / (1.0 + np.maximum.outer(d, d)) if rule == "metropolis" else A / (1.0 + d.max())
+    np.fill_diagonal(W, 1.0 - W.sum(axis=1))
+    return W
+
+
+@settings(max_examples=60, deadline=None)
+@given(G=connected_graphs(), rule=st.sampled_from(WEIGHT_RULES))
+def test_sparse_weights_equal_dense_and_reference(G: nx.Graph, rule: str) -> None:
+    S = mixing_matrix(G, rule, sparse=True)
+    assert isinstance(S, scipy.sparse.csr_array) and S.dtype == np.float64
+    dense = mixing_matrix(G, rule)
+    assert isinstance(dense, np.ndarray)
+    assert np.array_equal(S.toarray(), dense)
+    assert np.allclose(dense, reference_weights(G, rule), rtol=0, atol=1e-15)
+    assert S.nnz == G.number_of_nodes() + 2 * G.number_of_edges()  # no N x N fill
+
+
+def test_sparse_weights_ignore_self_loops_and_repeated_edges() -> None:
+    M = nx.MultiGraph([(0, 1), (0, 1), (1, 2), (2, 0), (2, 2)])
+    W = mixing_matrix(M, "metropolis", sparse=True)
+    assert np.allclose(W.toarray(), np.full((3, 3), 1 / 3), rtol=0, atol=1e-15)
+
+
+def test_callable_rule_may_return_sparse() -> None:
+    G = build_graph("star:6")
+    rule = lambda g: mixing_matrix(g, "uniform", sparse=True)  # noqa: E731
+    assert np.array_equal(mixing_matrix(G, rule), mixing_matrix(G, "uniform"))
+    S = mixing_matrix(G, rule, sparse=True)
+    assert isinstance(S, scipy.sparse.csr_array)
+    assert np.array_equal(S.toarray(), mixing_matrix(G, "uniform"))
+    dense_rule = lambda g: mixing_matrix(g, "uniform")  # noqa: E731
+    assert isinstance(mixing_matrix(G, dense_rule, sparse=True), scipy.sparse.csr_array)
+
+
+def test_sparse_callable_rule_is_validated() -> None:
+    def off_edge(g: nx.Graph) -> scipy.sparse.csr_array:
+        W = mixing_matrix(g, "metropolis", sparse=True).tolil()
+        W[0, 0] -= 0.1
+        W[0, 2] = 0.1
+        return scipy.sparse.csr_array(W)
+
+    with raises_one_line(WeightError, r"W\[0,2\] = 0\.1 but 0 and 2 are not neighbours"):
+        mixing_matrix(build_graph("ring:6"), off_edge, sparse=True)
+
 
 
 # ----------------------------------------------------------------------------- spectrum
@@ -633,6 +854,91 @@ def test_describe_names_callable_rule() -> None:
     assert describe(G, mixing_matrix(G, lazy), lazy)["weights"] == "lazy"
 
 
+@pytest.mark.parametrize(
+    ("spec", "rule"),
+    [
+        ("ring:2000", "metropolis"),
+        ("random-regular:3000:4", "metropolis"),
+        ("small-world:2000:4:0.1", "max-degree"),
+        ("torus:40x50", "metropolis"),
+        ("star:2000", "uniform"),  # non-symmetric, 1/2 repeated 1998 times
+        ("small-world:2000:4:0.1", "uniform"),
+    ],
+)
+def test_sparse_spectrum_matches_dense(spec: str, rule: str) -> None:
+    W = mixing_matrix(build_graph(spec, seed=5), rule, sparse=True)
+    assert W.shape[0] > topology._DENSE_SPECTRUM_MAX  # the sparse path, not a densified one
+    s, d = spectrum(W), spectrum(W.toarray())
+    assert s.slem == pytest.approx(d.slem, abs=1e-9)
+    assert s.lambda2 == pytest.approx(d.lambda2, abs=1e-9)
+    assert s.lambda_min == pytest.approx(d.lambda_min, abs=1e-9)
+    assert s.spectral_gap == pytest.approx(d.spectral_gap, abs=1e-9)
+    assert spectrum(W) == s  # seeded: the same numbers every time
+
+
+@pytest.mark.parametrize("force", ["lanczos-fails", "narrow"])
+def test_sparse_spectrum_shift_invert_matches_dense(force: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if force == "narrow":
+        monkeypatch.setattr(topology, "_NARROW_ENVELOPE", 10**9)  # factorise at once
+    else:
+        monkeypatch.setattr(topology, "_RESTARTS", 1)  # Lanczos gives up, shift-invert takes over
+    calls = []
+    shift_invert = topology._shift_invert
+    monkeypatch.setattr(topology, "_shift_invert", lambda *a: calls.append(a) or shift_invert(*a))
+    W = mixing_matrix(build_graph("random-regular:2000:4", seed=2), sparse=True)
+    s, d = spectrum(W), spectrum(W.toarray())
+    assert calls
+    assert (s.slem, s.lambda2, s.lambda_min) == pytest.approx((d.slem, d.lambda2, d.lambda_min), abs=1e-9)
+
+
+def test_expander_spectrum_needs_no_factorisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the LU of an expander fills in to ~N^2/4 entries: Lanczos must settle it alone
+    monkeypatch.setattr(topology, "_shift_invert", lambda *a: pytest.fail("factorised an expander"))
+    s = spectrum(mixing_matrix(build_graph("random-regular:3000:4", seed=1), sparse=True))
+    assert 0.8 < s.slem < 0.95
+
+
+def test_ring_100000_sparse_spectrum_without_dense_matrix() -> None:
+    G = build_graph("ring:100000")
+    tracemalloc.start()
+    try:
+        s = spectrum(mixing_matrix(G, sparse=True))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    n = 100_000
+    assert s.slem == pytest.approx(1 / 3 + 2 / 3 * math.cos(2 * math.pi / n), rel=0, abs=1e-12)
+    assert s.spectral_gap == pytest.approx(2 / 3 * (1 - math.cos(2 * math.pi / n)), rel=1e-3)
+    assert s.lambda2 == s.slem
+    assert s.lambda_min == pytest.approx(-1 / 3, abs=1e-12)
+    assert peak < 500e6  # a dense W would take 80 GB
+
+
+def test_sparse_spectrum_of_disconnected_graph() -> None:
+    G = nx.disjoint_union(nx.cycle_graph(1000), nx.cycle_graph(1000))
+    s = spectrum(mixing_matrix(G, sparse=True))
+    assert s.slem == 1.0
+    assert s.rounds_to(1e-3) == math.inf
+
+
+def test_small_sparse_and_scipy_matrix_input() -> None:
+    W = mixing_matrix(build_graph("star:7"), "uniform")
+    assert spectrum(scipy.sparse.csr_matrix(W)) == spectrum(W)
+    assert spectrum(scipy.sparse.coo_array(W)) == spectrum(W)
+    with raises_one_line(WeightError, r"square matrix, got shape \(2, 3\)"):
+        spectrum(scipy.sparse.csr_array((2, 3)))
+
+
+def test_describe_accepts_sparse_weights() -> None:
+    G = build_graph("ring:16")
+    assert describe(G, mixing_matrix(G, sparse=True), "metropolis") == describe(G, mixing_matrix(G), "metropolis")
+    G = build_graph("ring:3000")
+    d = describe(G, mixing_matrix(G, sparse=True), "metropolis")
+    assert d["nodes"] == d["edges"] == 3000
+    assert d["slem"] == pytest.approx(1 / 3 + 2 / 3 * math.cos(2 * math.pi / 3000), abs=1e-12)
+
+
+
 # ----------------------------------------------------------------------------- draw
 
 
@@ -643,3 +949,28 @@ def test_draw_writes_png(tmp_path: Path, spec: str) -> None:
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 1000
+
+
+def test_draw_appends_png_and_returns_the_written_path(tmp_path: Path) -> None:
+    G = build_graph("ring:6")
+    out = draw(G, tmp_path / "g")
+    assert out == tmp_path / "g.png"
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert not (tmp_path / "g").exists()
+    assert draw(G, str(tmp_path / "h.PNG")) == tmp_path / "h.PNG"
+    assert draw(G, tmp_path / "k.jpg") == tmp_path / "k.jpg.png"
+    assert (tmp_path / "k.jpg.png").exists()
+
+
+def test_draw_to_a_directory_is_an_error(tmp_path: Path) -> None:
+    with raises_one_line(
+        TopologyError, rf"cannot write the drawing to '{re.escape(str(tmp_path))}': it is a directory"
+    ):
+        draw(build_graph("ring:6"), tmp_path)
+
+
+def test_draw_under_a_file_is_an_error(tmp_path: Path) -> None:
+    blocker = write(tmp_path, "file", "x")
+    target = re.escape(str(blocker / "g.png"))
+    with raises_one_line(TopologyError, rf"cannot write the drawing to '{target}': "):
+        draw(build_graph("ring:6"), blocker / "g.png")
