@@ -38,11 +38,13 @@ if TYPE_CHECKING:
     from .models import make_model as make_model
     from .plot import plot_runs as plot_runs
     from .sim import SimResult as SimResult
+    from .sim import prepare as prepare
     from .sim import simulate as simulate
     from .topology import build_graph as build_graph
     from .topology import load_topology_file as load_topology_file
     from .topology import mixing_matrix as mixing_matrix
     from .topology import spectrum as spectrum
+    from .topology import topology_defaults as topology_defaults
 
 __version__ = "0.1.0"
 
@@ -76,11 +78,13 @@ _EXPORTS: dict[str, str] = {
     "make_model": "models",
     "plot_runs": "plot",
     "SimResult": "sim",
+    "prepare": "sim",
     "simulate": "sim",
     "build_graph": "topology",
     "load_topology_file": "topology",
     "mixing_matrix": "topology",
     "spectrum": "topology",
+    "topology_defaults": "topology",
 }
 
 __all__ = list(_EXPORTS)
