@@ -16,6 +16,7 @@ import scipy.sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gossipfl.spectral as spectral
 import gossipfl.topology as topology
 from gossipfl import topofile
 from gossipfl.errors import GossipError, TopologyError, WeightError
@@ -867,7 +868,7 @@ def test_describe_names_callable_rule() -> None:
 )
 def test_sparse_spectrum_matches_dense(spec: str, rule: str) -> None:
     W = mixing_matrix(build_graph(spec, seed=5), rule, sparse=True)
-    assert W.shape[0] > topology._DENSE_SPECTRUM_MAX  # the sparse path, not a densified one
+    assert W.shape[0] > spectral._DENSE_SPECTRUM_MAX  # the sparse path, not a densified one
     s, d = spectrum(W), spectrum(W.toarray())
     assert s.slem == pytest.approx(d.slem, abs=1e-9)
     assert s.lambda2 == pytest.approx(d.lambda2, abs=1e-9)
@@ -879,12 +880,12 @@ def test_sparse_spectrum_matches_dense(spec: str, rule: str) -> None:
 @pytest.mark.parametrize("force", ["lanczos-fails", "narrow"])
 def test_sparse_spectrum_shift_invert_matches_dense(force: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if force == "narrow":
-        monkeypatch.setattr(topology, "_NARROW_ENVELOPE", 10**9)  # factorise at once
+        monkeypatch.setattr(spectral, "_NARROW_ENVELOPE", 10**9)  # factorise at once
     else:
-        monkeypatch.setattr(topology, "_RESTARTS", 1)  # Lanczos gives up, shift-invert takes over
+        monkeypatch.setattr(spectral, "_RESTARTS", 1)  # Lanczos gives up, shift-invert takes over
     calls = []
-    shift_invert = topology._shift_invert
-    monkeypatch.setattr(topology, "_shift_invert", lambda *a: calls.append(a) or shift_invert(*a))
+    shift_invert = spectral._shift_invert
+    monkeypatch.setattr(spectral, "_shift_invert", lambda *a: calls.append(a) or shift_invert(*a))
     W = mixing_matrix(build_graph("random-regular:2000:4", seed=2), sparse=True)
     s, d = spectrum(W), spectrum(W.toarray())
     assert calls
@@ -893,7 +894,7 @@ def test_sparse_spectrum_shift_invert_matches_dense(force: str, monkeypatch: pyt
 
 def test_expander_spectrum_needs_no_factorisation(monkeypatch: pytest.MonkeyPatch) -> None:
     # the LU of an expander fills in to ~N^2/4 entries: Lanczos must settle it alone
-    monkeypatch.setattr(topology, "_shift_invert", lambda *a: pytest.fail("factorised an expander"))
+    monkeypatch.setattr(spectral, "_shift_invert", lambda *a: pytest.fail("factorised an expander"))
     s = spectrum(mixing_matrix(build_graph("random-regular:3000:4", seed=1), sparse=True))
     assert 0.8 < s.slem < 0.95
 
