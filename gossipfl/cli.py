@@ -212,21 +212,22 @@ def topology_cmd(
     draw: Path | None = typer.Option(None, help="Write a drawing of the graph to this PNG."),
 ) -> None:
     """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates."""
-    from .topology import build_graph, describe, mixing_matrix, spectrum, topology_defaults
+    from .topology import DENSE_MAX_NODES, build_graph, describe, mixing_matrix, resolve_weights
     from .topology import draw as draw_graph
 
     graph = build_graph(spec, nodes=nodes, seed=seed)
-    rule = weights or topology_defaults(spec)[0] or "metropolis"
-    W = mixing_matrix(graph, rule, sparse=graph.number_of_nodes() > 2000)
-    info = describe(graph, W, rule)
+    rule = resolve_weights(spec, weights)
+    W = mixing_matrix(graph, rule, sparse=graph.number_of_nodes() > DENSE_MAX_NODES)
+    info = describe(graph, W, rule)  # includes the spectrum: computed once, large N is costly
     table = Table(title=f"topology {spec}", show_header=False)
     for key, value in info.items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
-    sp = spectrum(W)
-    table.add_row("predicted per-round contraction", f"consensus distance shrinks by x{sp.slem:.4f} per round (SLEM)")
+    table.add_row(
+        "predicted per-round contraction", f"consensus distance shrinks by x{info['slem']:.4f} per round (SLEM)"
+    )
     console.print(table)
     if draw:
-        written = draw_graph(graph, draw, title=spec, spectral_gap=sp.spectral_gap)
+        written = draw_graph(graph, draw, title=spec, spectral_gap=info["spectral_gap"])
         console.print(f"wrote {written}")
 
 

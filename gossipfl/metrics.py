@@ -75,9 +75,10 @@ def fit_rate(distances: Sequence[float]) -> float | None:
     d = np.asarray(distances, dtype=np.float64)
     if d.size < 3 or not np.all(np.isfinite(d)) or d.max() <= 0:
         return None
-    below = np.flatnonzero(d <= d.max() * _FLOOR)
-    end = int(below[below > int(np.argmax(d))][0]) if below.size and (below > np.argmax(d)).any() else d.size
-    start = int(np.argmax(d)) + (end - int(np.argmax(d))) // 2
+    peak = int(np.argmax(d))
+    below = np.flatnonzero(d[peak:] <= d[peak] * _FLOOR)
+    end = peak + int(below[0]) if below.size else d.size
+    start = peak + (end - peak) // 2
     t = np.arange(start, end)
     if t.size < 3 or np.any(d[t] <= 0):
         return None

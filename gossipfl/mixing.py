@@ -174,4 +174,3 @@ def consensus_distance(params: PyTree) -> jax.Array:
 
 mix_sparse_jit = jax.jit(mix_sparse, static_argnames=("tile_bytes", "min_tile_columns"))
 mix_dense_jit = jax.jit(mix_dense)
-mix_one_jit = jax.jit(mix_one)

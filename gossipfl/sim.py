@@ -31,10 +31,9 @@ from .errors import ConfigError
 from .metrics import MetricsWriter, fit_rate
 from .mixing import consensus_distance, mix_dense, mix_sparse, neighbor_lists, network_mean
 from .models import make_model
-from .topology import Spectrum, build_graph, mixing_matrix, spectrum, topology_defaults
+from .topology import DENSE_MAX_NODES, Spectrum, build_graph, mixing_matrix, resolve_weights, spectrum
 
 DEFAULT_NODES = 16
-_DENSE_LIMIT = 2000  # above this many nodes, W stays sparse (a dense W would need N^2 memory)
 _UNROLLED_CHUNK = 10  # rounds per call when rounds are unrolled
 Progress = Callable[[int, int, dict[str, Any]], None]
 
@@ -52,8 +51,7 @@ def resolve_topology(cfg: SimConfig) -> tuple[nx.Graph, str]:
     """The run's graph and weight rule: an inline spec without a size gets 16 nodes; a topology
     file's own `weights` apply unless the config names a rule."""
     graph = build_graph(cfg.topology, nodes=cfg.nodes, seed=cfg.seed, default_nodes=DEFAULT_NODES)
-    file_weights, _ = topology_defaults(cfg.topology)
-    return graph, cfg.weights or file_weights or "metropolis"
+    return graph, resolve_weights(cfg.topology, cfg.weights)
 
 
 def run_name(cfg: SimConfig) -> str:
@@ -197,19 +195,19 @@ def prepare(cfg: SimConfig) -> Prepared:
     """
     graph, weights = resolve_topology(cfg)
     n = graph.number_of_nodes()
-    if cfg.mixing == "dense" and n > _DENSE_LIMIT:
+    if cfg.mixing == "dense" and n > DENSE_MAX_NODES:
         raise ConfigError(f"--mixing dense needs an N x N matrix; {n} nodes is too many (at most "
-                          f"{_DENSE_LIMIT}) — use --mixing sparse")
+                          f"{DENSE_MAX_NODES}) — use --mixing sparse")
     # One seed, split: initial vectors / sampling never share a random stream.
     init_key, sample_key = jax.random.split(jax.random.key(cfg.seed))
-    W = mixing_matrix(graph, weights, sparse=n > _DENSE_LIMIT)
+    W = mixing_matrix(graph, weights, sparse=n > DENSE_MAX_NODES)
     if cfg.algorithm == "consensus":
         algorithm, state, data, sample, evaluate, info = _consensus_parts(cfg, n, init_key)
     else:
         algorithm, state, data, sample, evaluate, info = _learning_parts(
             cfg, n, load_dataset(cfg.dataset, seed=cfg.seed))
     dense = cfg.mixing == "dense" or (
-        cfg.mixing == "auto" and n <= _DENSE_LIMIT and graph.number_of_edges() * 2 > 0.5 * n * n)
+        cfg.mixing == "auto" and n <= DENSE_MAX_NODES and graph.number_of_edges() * 2 > 0.5 * n * n)
     sharding = _node_sharding(n) if algorithm.mixes else None
     replicated = _replicated(sharding)
     mixing_op = jnp.asarray(W, jnp.float32) if dense else neighbor_lists(W)
@@ -302,8 +300,8 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
         "ms_per_round": 1e3 * steady_seconds / steady_rounds if steady_rounds else None,
         "node_steps_per_second": steady_rounds * n / steady_seconds if steady_seconds > 0 else None,
         **run.info,
+        "diverged": not all(np.isfinite(d) for d in distances),
     }
-    summary["diverged"] = not all(np.isfinite(d) for d in distances)
     writer.finish(summary)
     return SimResult(run_dir=run_dir, summary=summary, records=records)
 

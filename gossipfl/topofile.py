@@ -201,6 +201,12 @@ def topology_defaults(spec: str) -> tuple[str | None, int | None]:
     return _declared_weights(path, data), _declared_seed(path, data)
 
 
+def resolve_weights(spec: str, weights: str | None = None) -> str:
+    """The weight rule a run on `spec` uses: `weights` when given, else the topology file's own
+    rule, else metropolis."""
+    return weights or topology_defaults(spec)[0] or "metropolis"
+
+
 def _declared_seed(path: Path, data: dict[str, Any]) -> int | None:
     """The file's ``seed``, or None."""
     seed = data.get("seed")

@@ -28,14 +28,17 @@ from gossipfl.topofile import (
     load_graph_file,
     load_topology_file,
     one_line,
+    resolve_weights,
     topology_defaults,
 )
+from gossipfl.weights import DENSE_MAX_NODES as DENSE_MAX_NODES
 from gossipfl.weights import WEIGHT_RULES as WEIGHT_RULES
 from gossipfl.weights import Matrix, WeightRule
 from gossipfl.weights import mixing_matrix as mixing_matrix
 from gossipfl.weights import rule_name as rule_name
 
 __all__ = [
+    "DENSE_MAX_NODES",
     "NODE_KEYS",
     "SPECS_HELP",
     "TOPOLOGY_FILE_KEYS",
@@ -48,6 +51,7 @@ __all__ = [
     "draw",
     "load_topology_file",
     "mixing_matrix",
+    "resolve_weights",
     "spectrum",
     "topology_defaults",
 ]

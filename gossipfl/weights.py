@@ -24,6 +24,9 @@ Matrix: TypeAlias = np.ndarray | scipy.sparse.sparray | scipy.sparse.spmatrix
 
 WEIGHT_RULES: tuple[str, ...] = ("metropolis", "max-degree", "uniform")
 
+# Above this many nodes, W is kept sparse: a dense (N, N) matrix would cost N^2 memory.
+DENSE_MAX_NODES = 2000
+
 
 def rule_name(rule: str) -> str | None:
     """The canonical name of a weight rule, or None if unknown."""

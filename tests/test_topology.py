@@ -143,24 +143,28 @@ def test_random_specs_differ_across_seeds(spec: str) -> None:
     assert len(graphs) > 1
 
 
-@pytest.mark.parametrize(
-    ("spec", "full"),
-    [
-        ("ring", "ring:12"),
-        ("complete", "complete:12"),
-        ("star", "star:12"),
-        ("exponential", "exponential:12"),
-        ("torus", "torus:3x4"),
-        ("random-regular:3", "random-regular:12:3"),
-        ("erdos-renyi:0.5", "erdos-renyi:12:0.5"),
-        ("small-world:4:0.2", "small-world:12:4:0.2"),
-    ],
-)
-def test_size_from_nodes(spec: str, full: str) -> None:
-    a = build_graph(spec, nodes=12, seed=3)
-    b = build_graph(full, seed=3)
+# Inline specs given without their size, and the same spec with the size written in (N = 12).
+SIZELESS_SPECS = [
+    ("ring", "ring:12"),
+    ("complete", "complete:12"),
+    ("star", "star:12"),
+    ("exponential", "exponential:12"),
+    ("torus", "torus:3x4"),
+    ("random-regular:3", "random-regular:12:3"),
+    ("erdos-renyi:0.5", "erdos-renyi:12:0.5"),
+    ("small-world:4:0.2", "small-world:12:4:0.2"),
+    ("small-world:4:0.1", "small-world:12:4:0.1"),
+]
+
+
+def _assert_same_graph(a: nx.Graph, b: nx.Graph) -> None:
     assert list(a.nodes) == list(b.nodes)
     assert set(a.edges) == set(b.edges)
+
+
+@pytest.mark.parametrize(("spec", "full"), SIZELESS_SPECS)
+def test_size_from_nodes(spec: str, full: str) -> None:
+    _assert_same_graph(build_graph(spec, nodes=12, seed=3), build_graph(full, seed=3))
 
 
 def test_size_in_spec_and_nodes_agreeing() -> None:
@@ -262,21 +266,9 @@ def test_disconnected_lists_component_sizes(tmp_path: Path) -> None:
         build_graph(str(path))
 
 
-@pytest.mark.parametrize(
-    ("spec", "full"),
-    [
-        ("ring", "ring:12"),
-        ("torus", "torus:3x4"),
-        ("random-regular:3", "random-regular:12:3"),
-        ("erdos-renyi:0.5", "erdos-renyi:12:0.5"),
-        ("small-world:4:0.1", "small-world:12:4:0.1"),
-    ],
-)
+@pytest.mark.parametrize(("spec", "full"), SIZELESS_SPECS)
 def test_default_nodes_sizes_an_inline_spec(spec: str, full: str) -> None:
-    a = build_graph(spec, seed=3, default_nodes=12)
-    b = build_graph(full, seed=3)
-    assert list(a.nodes) == list(b.nodes)
-    assert set(a.edges) == set(b.edges)
+    _assert_same_graph(build_graph(spec, seed=3, default_nodes=12), build_graph(full, seed=3))
 
 
 def test_default_nodes_yields_to_nodes_and_to_the_spec() -> None:
