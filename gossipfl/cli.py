@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -126,7 +127,8 @@ def simulate(
         nonlocal task
         if task is None:
             bar.start()
-            task = bar.add_task(f"{cfg.algorithm} on {cfg.topology}", total=total, status="compiling...")
+            # the bar's columns parse markup: escape the user's spec so it shows as typed
+            task = bar.add_task(escape(f"{cfg.algorithm} on {cfg.topology}"), total=total, status="compiling...")
         status = f"consensus {rec['consensus_distance']:.3e}"
         if "accuracy" in rec:
             status += f"  acc {100 * rec['accuracy']:.1f}%"
