@@ -1,0 +1,364 @@
+"""Transports: how a node's frames reach its neighbours. One small interface, two implementations.
+
+A node talks to a `Transport` only through:
+
+- `send(peer, head, payload)`: hand over the newest frame for a peer, without waiting. Each peer has
+  an outbox of one frame: a newer frame replaces one not yet sent (counted as `replaced`), so a
+  slow link never builds a queue. Returns False, and queues nothing, while the peer is down.
+- `is_up(peer)`: whether frames to the peer currently have a way out.
+- the `deliver` callback given at construction: called with each verified `Frame`, or with the
+  `FrameError` a refused frame raised (the receive side of the interface).
+- `run()`: the transport's tasks (serving, dialling); runs until cancelled.
+
+`TcpTransport` runs on trio TCP streams: it listens on the node's address and keeps one outgoing
+connection per neighbour, reconnecting with exponential backoff; every wait has a timeout.
+`MemoryNetwork` connects in-process transports through the same frame encoding, with a seeded
+hook that drops, delays or duplicates frames, for fast deterministic tests under trio's MockClock.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from .wire import (
+    CHUNK_BYTES,
+    FrameError,
+    ModelSpec,
+    ReadTimeout,
+    Truncated,
+    decode_frame,
+    join_frame,
+    read_frame,
+    write_frame,
+)
+
+Deliver = Callable[[Any], None]  # Frame | FrameError -> None
+
+# Errors after which a byte stream cannot be trusted to be at a frame boundary.
+_FATAL = ("bad_magic", "bad_length", "truncated", "bad_tag", "timeout")
+
+
+@dataclass
+class LinkStats:
+    """Counters of one transport, for metrics: frames and bytes each way, refusals by reason."""
+
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    frames_received: int = 0
+    bytes_received: int = 0
+    replaced: int = 0  # frames superseded in an outbox before they went out
+    send_failures: int = 0
+    connections_refused: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frames_sent": self.frames_sent, "bytes_sent": self.bytes_sent,
+            "frames_received": self.frames_received, "bytes_received": self.bytes_received,
+            "replaced": self.replaced, "send_failures": self.send_failures,
+            "rejected": dict(self.rejected),
+        }
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Every wait of the TCP transport is bounded by one of these (seconds)."""
+
+    connect: float = 5.0
+    idle: float = 300.0  # a connection with no frame starting for this long is closed
+    frame_base: float = 10.0  # a started frame must complete in base + size / min_rate
+    min_rate: float = 20e6  # bytes per second
+    backoff_min: float = 0.05
+    backoff_max: float = 2.0
+
+    def frame(self, nbytes: int) -> float:
+        return self.frame_base + nbytes / self.min_rate
+
+
+class Transport(ABC):
+    """The node's view of the network (see the module docstring)."""
+
+    def __init__(self, node_id: int, peers: Sequence[int], spec: ModelSpec, key: bytes, deliver: Deliver) -> None:
+        self.node_id = node_id
+        self.peers = tuple(peers)
+        self.spec = spec
+        self.key = key
+        self._deliver = deliver
+        self.stats = LinkStats()
+
+    @abstractmethod
+    def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool: ...
+
+    @abstractmethod
+    def is_up(self, peer: int) -> bool: ...
+
+    @abstractmethod
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    def _received(self, result: Any) -> None:
+        """Counts a frame (or refusal) and hands it to the node."""
+        if isinstance(result, FrameError):
+            self.stats.rejected[result.reason] += 1
+        else:
+            self.stats.frames_received += 1
+            self.stats.bytes_received += result.nbytes
+        self._deliver(result)
+
+
+class _Outbox:
+    """The newest unsent frame for one peer, and an event to wake its sender."""
+
+    def __init__(self) -> None:
+        self.frame: tuple[bytes, Sequence[memoryview]] | None = None
+        self.ready = trio.Event()
+
+    def put(self, frame: tuple[bytes, Sequence[memoryview]]) -> bool:
+        replaced = self.frame is not None
+        self.frame = frame
+        self.ready.set()
+        return replaced
+
+    async def take(self) -> tuple[bytes, Sequence[memoryview]]:
+        while self.frame is None:
+            await self.ready.wait()
+            self.ready = trio.Event()
+        frame, self.frame = self.frame, None
+        return frame
+
+
+class TcpTransport(Transport):
+    """Frames over trio TCP streams: one listening socket, one outgoing connection per neighbour."""
+
+    def __init__(self, node_id: int, peers: dict[int, tuple[str, int]], spec: ModelSpec, key: bytes,
+                 deliver: Deliver, *, listen: tuple[str, int], timeouts: Timeouts | None = None,
+                 max_connections: int | None = None, seed: int = 0) -> None:
+        super().__init__(node_id, list(peers), spec, key, deliver)
+        self.addresses = dict(peers)
+        self.listen = listen
+        self.port: int | None = None
+        self.timeouts = timeouts or Timeouts()
+        self.max_connections = max_connections or 4 * len(peers) + 16
+        self._connections = 0
+        self._outboxes = {p: _Outbox() for p in peers}
+        self._up: set[int] = set()
+        self._rng = random.Random(seed * 1_000_003 + node_id)
+
+    def is_up(self, peer: int) -> bool:
+        return peer in self._up
+
+    def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool:
+        if peer not in self._up:
+            return False
+        if self._outboxes[peer].put((head, payload)):
+            self.stats.replaced += 1
+        return True
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            host, port = self.listen
+            listeners = await nursery.start(partial(trio.serve_tcp, self._serve_connection, port, host=host))
+            self.port = listeners[0].socket.getsockname()[1]
+            for peer in self.peers:
+                nursery.start_soon(self._sender, peer)
+            task_status.started(self.port)
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        if self._connections >= self.max_connections:
+            self.stats.connections_refused += 1
+            await stream.aclose()
+            return
+        self._connections += 1
+        try:
+            await self._read_frames(stream)
+        finally:
+            self._connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _read_frames(self, stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        frame_timeout = self.timeouts.frame(self.spec.nbytes)
+        while True:
+            with trio.CancelScope() as scope:
+                scope.deadline = trio.current_time() + self.timeouts.idle
+                started = False
+
+                async def recv_into(view: memoryview) -> None:
+                    nonlocal started
+                    got = 0
+                    while got < len(view):
+                        try:
+                            n = await sock.recv_into(view[got:], min(len(view) - got, CHUNK_BYTES))
+                        except OSError as e:
+                            raise Truncated(f"connection failed mid-frame: {e}") from None
+                        if n == 0:
+                            raise Truncated("connection closed mid-frame" if started or got else "closed")
+                        if not started:
+                            started = True
+                            scope.deadline = trio.current_time() + frame_timeout
+                        got += n
+
+                try:
+                    frame = await read_frame(recv_into, self.spec, self.key)
+                except FrameError as e:
+                    if isinstance(e, Truncated) and not started:
+                        return  # the peer closed between frames: a clean end
+                    self._received(e)
+                    if e.reason in _FATAL:
+                        return
+                    continue
+                self._received(frame)
+            if scope.cancelled_caught:
+                if started:
+                    self._received(ReadTimeout("a frame stalled mid-way: connection closed"))
+                return
+
+    # ------------------------------------------------------------------ sending
+
+    async def _sender(self, peer: int) -> None:
+        backoff = self.timeouts.backoff_min
+        outbox = self._outboxes[peer]
+        host, port = self.addresses[peer]
+        while True:
+            stream = None
+            with trio.move_on_after(self.timeouts.connect):
+                try:
+                    stream = await trio.open_tcp_stream(host, port)
+                except OSError:
+                    stream = None
+            if stream is None:
+                await trio.sleep(backoff * (0.5 + self._rng.random()))
+                backoff = min(2 * backoff, self.timeouts.backoff_max)
+                continue
+            backoff = self.timeouts.backoff_min
+            self._up.add(peer)
+            try:
+                await self._send_frames(stream, outbox)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                self.stats.send_failures += 1
+            finally:
+                self._up.discard(peer)
+                outbox.frame = None
+                await trio.aclose_forcefully(stream)
+
+    async def _send_frames(self, stream: trio.SocketStream, outbox: _Outbox) -> None:
+        while True:
+            head, payload = await outbox.take()
+            nbytes = sum(len(v) for v in payload)
+            with trio.fail_after(self.timeouts.frame(nbytes)):
+                size = await write_frame(stream.send_all, head, payload, self.key)
+            self.stats.frames_sent += 1
+            self.stats.bytes_sent += size
+
+
+class MemoryNetwork:
+    """In-process links between `MemoryTransport`s, with seeded loss, delay and duplication.
+
+    Frames go through the same encoder and decoder as on TCP. `loss`, `duplicate` are
+    probabilities per frame; `delay` is a fixed latency plus up to `jitter` seconds (trio time, so
+    under MockClock a test of minutes of network time runs in moments). `cut(a, b)` / `heal(a, b)`
+    take a link down and up.
+    """
+
+    def __init__(self, *, seed: int = 0, loss: float = 0.0, duplicate: float = 0.0, delay: float = 0.0,
+                 jitter: float = 0.0) -> None:
+        if not (0 <= loss < 1 and 0 <= duplicate < 1 and delay >= 0 and jitter >= 0):
+            raise ValueError("loss and duplicate must be in [0, 1), delay and jitter >= 0")
+        self.loss, self.duplicate, self.delay, self.jitter = loss, duplicate, delay, jitter
+        self._rng = random.Random(seed)
+        self._nodes: dict[int, MemoryTransport] = {}
+        self._running: set[int] = set()
+        self._cut: set[frozenset[int]] = set()
+
+    def transport(self, node_id: int, peers: Sequence[int], spec: ModelSpec, key: bytes,
+                  deliver: Deliver) -> MemoryTransport:
+        t = MemoryTransport(self, node_id, peers, spec, key, deliver)
+        self._nodes[node_id] = t
+        return t
+
+    def cut(self, a: int, b: int) -> None:
+        self._cut.add(frozenset((a, b)))
+
+    def heal(self, a: int, b: int) -> None:
+        self._cut.discard(frozenset((a, b)))
+
+    def link_up(self, a: int, b: int) -> bool:
+        return b in self._running and frozenset((a, b)) not in self._cut
+
+    def inject(self, to: int, blob: bytes) -> None:
+        """Delivers raw bytes to a node as if one frame had arrived on a connection."""
+        self._nodes[to]._receive_blob(blob)
+
+    def _route(self, src: int, dst: int, blob: bytes) -> None:
+        if self._rng.random() < self.loss:
+            return
+        copies = 2 if self._rng.random() < self.duplicate else 1
+        for _ in range(copies):
+            latency = self.delay + self.jitter * self._rng.random()
+            self._nodes[src]._schedule(latency, dst, blob)
+
+
+class MemoryTransport(Transport):
+    """A transport whose frames travel through a `MemoryNetwork`."""
+
+    def __init__(self, network: MemoryNetwork, node_id: int, peers: Sequence[int], spec: ModelSpec, key: bytes,
+                 deliver: Deliver) -> None:
+        super().__init__(node_id, peers, spec, key, deliver)
+        self.network = network
+        self._send_channel, self._receive_channel = trio.open_memory_channel[tuple[float, int, bytes]](math.inf)
+
+    def is_up(self, peer: int) -> bool:
+        return self.node_id in self.network._running and self.network.link_up(self.node_id, peer)
+
+    def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool:
+        if not self.is_up(peer):
+            return False
+        blob = join_frame(head, payload, self.key)
+        self.stats.frames_sent += 1
+        self.stats.bytes_sent += len(blob)
+        self.network._route(self.node_id, peer, blob)
+        return True
+
+    def _schedule(self, latency: float, dst: int, blob: bytes) -> None:
+        self._send_channel.send_nowait((latency, dst, blob))
+
+    def _receive_blob(self, blob: bytes) -> None:
+        if self.node_id not in self.network._running:
+            return
+        try:
+            frame = decode_frame(blob, self.spec, self.key)
+        except FrameError as e:
+            self._received(e)
+            return
+        self._received(frame)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.network._running.add(self.node_id)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(None)
+                async for latency, dst, blob in self._receive_channel:
+                    if latency <= 0:
+                        self._deliver_to(dst, blob)
+                    else:
+                        nursery.start_soon(self._later, latency, dst, blob)
+        finally:
+            self.network._running.discard(self.node_id)
+
+    async def _later(self, latency: float, dst: int, blob: bytes) -> None:
+        await trio.sleep(latency)
+        self._deliver_to(dst, blob)
+
+    def _deliver_to(self, dst: int, blob: bytes) -> None:
+        if self.network.link_up(self.node_id, dst):
+            self.network._nodes[dst]._receive_blob(blob)

@@ -1,0 +1,335 @@
+"""The wire format: one authenticated, length-prefixed frame per parameter message. Never pickle.
+
+A frame is::
+
+    prefix  16 bytes   magic b"GFL" + protocol version (1 byte), header length (u32 LE),
+                       payload length (u64 LE)
+    header  msgpack    {"from", "kind", "inc", "seq", "step", "w", "paths", "shapes", "dtypes"}
+    payload raw bytes  the parameter leaves, little-endian, concatenated in `paths` order
+    tag     32 bytes   HMAC-SHA256(key, prefix + header + payload)
+
+The receiver checks the prefix before it allocates anything: the magic, a header length under
+`MAX_HEADER_BYTES`, and a payload length equal to the local model's size (a frame for another
+model is refused before its bytes are read). It then reads header and payload (into one fresh
+buffer, hashing as it goes), verifies the tag *before* parsing the header, checks the header
+against the local model's paths, shapes and dtypes, and the payload for NaN/Inf. Every refusal is
+a `FrameError` subclass whose `reason` names it for counting.
+
+`read_frame` / `write_frame` work on any byte stream (TCP or in-memory); `encode_frame` /
+`decode_frame` are the same steps on one `bytes` object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .errors import GossipError
+
+if sys.byteorder != "little":  # pragma: no cover - every platform JAX supports is little-endian
+    raise ImportError("gossipfl's wire format needs a little-endian host")
+
+VERSION = 1
+MAGIC = b"GFL" + bytes([VERSION])
+PREFIX = struct.Struct("<4sIQ")
+TAG_BYTES = 32
+MAX_HEADER_BYTES = 64 * 1024
+KIND_PARAMS = "params"
+KINDS = (KIND_PARAMS,)
+# Payload bytes hashed per step while reading/writing: big enough to be fast, small enough that
+# the event loop is never held for long (about 1 ms at HMAC-SHA256 speed).
+CHUNK_BYTES = 1 << 20
+MIN_KEY_BYTES = 16
+
+
+class FrameError(GossipError):
+    """A frame was refused. `reason` is the short name it is counted under."""
+
+    reason = "bad_frame"
+
+
+class BadMagic(FrameError):
+    reason = "bad_magic"
+
+
+class BadLength(FrameError):
+    reason = "bad_length"
+
+
+class Truncated(FrameError):
+    reason = "truncated"
+
+
+class BadTag(FrameError):
+    reason = "bad_tag"
+
+
+class BadHeader(FrameError):
+    reason = "bad_header"
+
+
+class Mismatch(FrameError):
+    reason = "mismatch"
+
+
+class NonFinite(FrameError):
+    reason = "non_finite"
+
+
+class Stale(FrameError):
+    reason = "stale"
+
+
+class UnknownSender(FrameError):
+    reason = "unknown_sender"
+
+
+class ReadTimeout(FrameError):
+    reason = "timeout"
+
+
+REJECT_REASONS: tuple[str, ...] = tuple(
+    c.reason for c in (BadMagic, BadLength, Truncated, BadTag, BadHeader, Mismatch, NonFinite, Stale,
+                       UnknownSender, ReadTimeout)
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every frame's payload must look like: the local model's leaves, in order."""
+
+    paths: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]  # numpy dtype strings, little-endian ("<f4")
+
+    @classmethod
+    def of(cls, leaves: Sequence[Any], paths: Sequence[str]) -> ModelSpec:
+        """The spec of a list of arrays (numpy or JAX) named by `paths`."""
+        if len(leaves) != len(paths):
+            raise ValueError("one path per leaf")
+        return cls(
+            paths=tuple(paths),
+            shapes=tuple(tuple(int(s) for s in np.shape(x)) for x in leaves),
+            dtypes=tuple(np.dtype(x.dtype).newbyteorder("<").str for x in leaves),
+        )
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
+                     for s, d in zip(self.shapes, self.dtypes, strict=True))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.sizes)
+
+    def split(self, payload: Any) -> list[np.ndarray]:
+        """The payload buffer as arrays of this spec: views into it, no copies."""
+        out, offset = [], 0
+        for shape, dtype, size in zip(self.shapes, self.dtypes, self.sizes, strict=True):
+            count = size // np.dtype(dtype).itemsize
+            out.append(np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape))
+            offset += size
+        return out
+
+
+@dataclass
+class Frame:
+    """A verified frame: who sent it, its ordering, push-sum weight and parameter arrays."""
+
+    sender: int
+    kind: str
+    incarnation: int  # the sender process's start (ms since the epoch): grows across restarts
+    seq: int  # per-sender counter within an incarnation
+    step: int  # the sender's local step when it sent
+    weight: float  # push-sum weight (running sum) travelling with the parameters
+    leaves: list[np.ndarray]
+    nbytes: int = 0
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Frames from one sender compare by (incarnation, seq): larger is newer."""
+        return (self.incarnation, self.seq)
+
+
+def check_key(key: bytes | None) -> bytes:
+    """The HMAC key to use; `None` means an unauthenticated (insecure) run, tagged with an empty key."""
+    if key is None:
+        return b""
+    if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+        raise GossipError(f"the shared key must be at least {MIN_KEY_BYTES} bytes")
+    return key
+
+
+def encode_head(spec: ModelSpec, *, sender: int, incarnation: int, seq: int, step: int, weight: float,
+                kind: str = KIND_PARAMS) -> bytes:
+    """Prefix and msgpack header of a frame whose payload matches `spec`."""
+    header = msgpack.packb({
+        "from": int(sender), "kind": kind, "inc": int(incarnation), "seq": int(seq), "step": int(step),
+        "w": float(weight), "paths": list(spec.paths), "shapes": [list(s) for s in spec.shapes],
+        "dtypes": list(spec.dtypes),
+    })
+    return PREFIX.pack(MAGIC, len(header), spec.nbytes) + header
+
+
+def payload_views(leaves: Sequence[Any]) -> list[memoryview]:
+    """Byte views of parameter arrays (numpy or JAX on CPU), without copying when they are contiguous."""
+    views = []
+    for leaf in leaves:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        views.append(memoryview(a.reshape(-1).view(np.uint8)))
+    return views
+
+
+def _chunks(view: memoryview) -> Sequence[memoryview]:
+    return [view[i:i + CHUNK_BYTES] for i in range(0, len(view), CHUNK_BYTES)] or [view]
+
+
+async def write_frame(send_all: Callable[[Any], Awaitable[None]], head: bytes, payload: Sequence[memoryview],
+                      key: bytes) -> int:
+    """Writes one frame (head from `encode_head`, payload views, then the tag); returns its size.
+
+    The tag is computed as the bytes go out, so no copy of the payload is ever made.
+    """
+    mac = hmac.new(key, head, hashlib.sha256)
+    await send_all(head)
+    total = len(head)
+    for view in payload:
+        for chunk in _chunks(view):
+            mac.update(chunk)
+            await send_all(chunk)
+            total += len(chunk)
+    await send_all(mac.digest())
+    return total + TAG_BYTES
+
+
+def join_frame(head: bytes, payload: Sequence[memoryview], key: bytes) -> bytes:
+    """One whole frame as bytes: head, payload and tag (for the in-memory transport and tests)."""
+    mac = hmac.new(key, head, hashlib.sha256)
+    for v in payload:
+        mac.update(v)
+    return b"".join([head, *payload, mac.digest()])
+
+
+def encode_frame(spec: ModelSpec, leaves: Sequence[Any], key: bytes, **meta: Any) -> bytes:
+    """One whole frame as bytes from parameter arrays; `meta` as for `encode_head`."""
+    return join_frame(encode_head(spec, **meta), payload_views(leaves), key)
+
+
+def parse_prefix(prefix: bytes, spec: ModelSpec) -> tuple[int, int]:
+    """(header length, payload length) of a frame, checked before anything is allocated."""
+    if len(prefix) != PREFIX.size:
+        raise Truncated(f"frame prefix has {len(prefix)} bytes, needs {PREFIX.size}")
+    magic, header_len, payload_len = PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        if magic[:3] == MAGIC[:3]:
+            raise BadMagic(f"protocol version {magic[3]} (this node speaks {VERSION})")
+        raise BadMagic("not a gossipfl frame (bad magic)")
+    if not 0 < header_len <= MAX_HEADER_BYTES:
+        raise BadLength(f"header length {header_len} outside 1..{MAX_HEADER_BYTES}")
+    if payload_len != spec.nbytes:
+        raise BadLength(f"payload length {payload_len} != the local model's {spec.nbytes} bytes")
+    return header_len, payload_len
+
+
+def _field(header: dict, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = header.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadHeader(f"header field {name!r} missing or of the wrong type")
+    return value
+
+
+def parse_header(raw: bytes, spec: ModelSpec) -> dict[str, Any]:
+    """The msgpack header of an authenticated frame, checked against the local model."""
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for malformed input
+        raise BadHeader(f"header is not valid msgpack ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise BadHeader("header is not a map")
+    kind = _field(header, "kind", str)
+    if kind not in KINDS:
+        raise BadHeader(f"unknown frame kind {kind!r}")
+    for name in ("from", "inc", "seq", "step"):
+        value = _field(header, name, int)
+        if not 0 <= value < 2**63:
+            raise BadHeader(f"header field {name!r} out of range")
+    weight = _field(header, "w", (float, int))
+    if not np.isfinite(weight):
+        raise NonFinite("push-sum weight is not finite")
+    paths = tuple(_field(header, "paths", list))
+    shapes = _field(header, "shapes", list)
+    dtypes = tuple(_field(header, "dtypes", list))
+    if paths != spec.paths:
+        raise Mismatch("parameter paths differ from the local model's (another model or architecture?)")
+    try:
+        shapes_t = tuple(tuple(s) for s in shapes)
+    except TypeError:
+        raise BadHeader("shapes must be lists of integers") from None
+    if shapes_t != spec.shapes:
+        raise Mismatch(f"parameter shapes {shapes_t} differ from the local model's {spec.shapes}")
+    if dtypes != spec.dtypes:
+        raise Mismatch(f"parameter dtypes {dtypes} differ from the local model's {spec.dtypes}")
+    return header
+
+
+def check_finite(leaves: Sequence[np.ndarray]) -> None:
+    """Refuses payloads with NaN or Inf (a sum is NaN/Inf exactly when some element is, short of
+    overflow in values near the float maximum, which are refused too)."""
+    for leaf in leaves:
+        if leaf.dtype.kind in "fc" and not np.isfinite(leaf.sum()):
+            raise NonFinite("payload holds NaN or Inf values")
+
+
+def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec) -> Frame:
+    """A `Frame` from a checked header and its verified payload buffer."""
+    leaves = spec.split(payload)
+    check_finite(leaves)
+    return Frame(sender=header["from"], kind=header["kind"], incarnation=header["inc"], seq=header["seq"],
+                 step=header["step"], weight=float(header["w"]), leaves=leaves,
+                 nbytes=PREFIX.size + len(payload) + TAG_BYTES)
+
+
+def decode_frame(blob: bytes | memoryview, spec: ModelSpec, key: bytes) -> Frame:
+    """Checks and decodes one whole frame held in memory. Raises a `FrameError` subclass."""
+    blob = memoryview(blob)
+    header_len, payload_len = parse_prefix(bytes(blob[:PREFIX.size]), spec)
+    end = PREFIX.size + header_len + payload_len
+    if len(blob) != end + TAG_BYTES:
+        raise Truncated(f"frame has {len(blob)} bytes, its prefix says {end + TAG_BYTES}")
+    expected = hmac.new(key, blob[:end], hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, bytes(blob[end:])):
+        raise BadTag("authentication tag does not match (wrong key or corrupted frame)")
+    header = parse_header(bytes(blob[PREFIX.size:PREFIX.size + header_len]), spec)
+    return make_frame(header, bytearray(blob[PREFIX.size + header_len:end]), spec)
+
+
+async def read_frame(recv_into: Callable[[memoryview], Awaitable[None]], spec: ModelSpec, key: bytes) -> Frame:
+    """Reads one frame from a byte stream. Raises a `FrameError` subclass.
+
+    `recv_into(view)` must fill `view` completely (raising `Truncated` at end of stream).
+    """
+    prefix = bytearray(PREFIX.size)
+    await recv_into(memoryview(prefix))
+    header_len, payload_len = parse_prefix(bytes(prefix), spec)
+    header = bytearray(header_len)
+    await recv_into(memoryview(header))
+    mac = hmac.new(key, prefix, hashlib.sha256)
+    mac.update(header)
+    payload = bytearray(payload_len)
+    view = memoryview(payload)
+    for chunk in _chunks(view):
+        await recv_into(chunk)
+        mac.update(chunk)
+    tag = bytearray(TAG_BYTES)
+    await recv_into(memoryview(tag))
+    if not hmac.compare_digest(mac.digest(), bytes(tag)):
+        raise BadTag("authentication tag does not match (wrong key or corrupted frame)")
+    return make_frame(parse_header(bytes(header), spec), payload, spec)
