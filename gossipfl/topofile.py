@@ -28,12 +28,12 @@ __all__ = [
     "topology_defaults",
 ]
 
-# Keys allowed at the top level of a topology TOML file; `experiment` is read by the experiment
-# config loader, not here.
+# Keys allowed at the top level of a topology TOML file; the `experiment` and `gossip` tables are
+# checked by the networked-run loader (`gossipfl.network`), not here.
 TOPOLOGY_FILE_KEYS: tuple[str, ...] = (
-    "name", "generator", "edges", "weights", "seed", "nodes", "experiment",
+    "name", "generator", "edges", "weights", "seed", "nodes", "experiment", "gossip",
 )
-NODE_KEYS: tuple[str, ...] = ("id", "host", "port")
+NODE_KEYS: tuple[str, ...] = ("id", "host", "port", "data")
 
 _EDGE_LIST_SUFFIXES = (".edgelist", ".txt", ".csv", ".el")
 FILE_SUFFIXES: tuple[str, ...] = (".toml", ".graphml", *_EDGE_LIST_SUFFIXES)
@@ -124,6 +124,7 @@ class NodeSpec:
     id: int
     host: str | None = None
     port: int | None = None
+    data: str | None = None  # the node's own .npz dataset, instead of a share of the shared one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +137,8 @@ class TopologyFile:
     weights: str | None
     seed: int
     experiment: dict[str, Any] = field(default_factory=dict)
+    gossip: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
 
 
 def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFile:
@@ -159,9 +162,10 @@ def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFi
     declared_seed = _declared_seed(path, data)
     seed = default_seed if declared_seed is None else declared_seed
     weights = _declared_weights(path, data)
-    experiment = data.get("experiment", {})
-    if not isinstance(experiment, dict):
-        raise TopologyError(f"{path}: 'experiment' must be a table ([experiment])")
+    experiment, gossip = data.get("experiment", {}), data.get("gossip", {})
+    for table_name, table in (("experiment", experiment), ("gossip", gossip)):
+        if not isinstance(table, dict):
+            raise TopologyError(f"{path}: '{table_name}' must be a table ([{table_name}])")
     node_specs = _parse_nodes(path, data.get("nodes"))
     has_generator, has_edges = "generator" in data, "edges" in data
     if has_generator == has_edges:
@@ -177,6 +181,7 @@ def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFi
         node_specs = tuple(NodeSpec(id=i) for i in range(graph.number_of_nodes()))
     return TopologyFile(
         name=name, graph=graph, nodes=node_specs, weights=weights, seed=seed, experiment=experiment,
+        gossip=gossip, path=path,
     )
 
 
@@ -264,7 +269,7 @@ def _parse_nodes(path: Path, raw: object) -> tuple[NodeSpec, ...] | None:
     specs: dict[int, NodeSpec] = {}
     for table in raw:
         _check_keys(path, "node key", table, NODE_KEYS)
-        node_id, host, port = table.get("id"), table.get("host"), table.get("port")
+        node_id, host, port, data = table.get("id"), table.get("host"), table.get("port"), table.get("data")
         if not _is_int(node_id):
             raise TopologyError(f"{path}: every [[nodes]] needs an integer id, got {node_id!r}")
         if node_id in specs:
@@ -273,7 +278,11 @@ def _parse_nodes(path: Path, raw: object) -> tuple[NodeSpec, ...] | None:
             raise TopologyError(f"{path}: node {node_id}: host must be a non-empty string")
         if port is not None and (not _is_int(port) or not 1 <= port <= 65535):
             raise TopologyError(f"{path}: node {node_id}: port must be in 1..65535, got {port!r}")
-        specs[node_id] = NodeSpec(id=node_id, host=host, port=port)
+        if data is not None and (not isinstance(data, str) or not data):
+            raise TopologyError(f"{path}: node {node_id}: data must be the path of a .npz file")
+        if data is not None and not Path(data).is_absolute():
+            data = str(path.parent / data)  # relative to the topology file
+        specs[node_id] = NodeSpec(id=node_id, host=host, port=port, data=data)
     n = len(specs)
     for node_id in sorted(specs):
         if not 0 <= node_id < n:

@@ -65,7 +65,7 @@ class LinkStats:
             "frames_sent": self.frames_sent, "bytes_sent": self.bytes_sent,
             "frames_received": self.frames_received, "bytes_received": self.bytes_received,
             "replaced": self.replaced, "send_failures": self.send_failures,
-            "rejected": dict(self.rejected),
+            "connections_refused": self.connections_refused, "rejected": dict(self.rejected),
         }
 
 
@@ -236,20 +236,41 @@ class TcpTransport(Transport):
                     stream = await trio.open_tcp_stream(host, port)
                 except OSError:
                     stream = None
-            if stream is None:
-                await trio.sleep(backoff * (0.5 + self._rng.random()))
-                backoff = min(2 * backoff, self.timeouts.backoff_max)
-                continue
-            backoff = self.timeouts.backoff_min
-            self._up.add(peer)
-            try:
-                await self._send_frames(stream, outbox)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-                self.stats.send_failures += 1
-            finally:
-                self._up.discard(peer)
-                outbox.frame = None
-                await trio.aclose_forcefully(stream)
+            if stream is not None:
+                connected_at = trio.current_time()
+                self._up.add(peer)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch_closed, stream, nursery.cancel_scope)
+                        try:
+                            await self._send_frames(stream, outbox)
+                        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                            self.stats.send_failures += 1
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._up.discard(peer)
+                    outbox.frame = None
+                    await trio.aclose_forcefully(stream)
+                # Only a link that held for a while resets the backoff: a peer that accepts and
+                # hangs up at once (over its connection cap, restarting) is not redialled in a loop.
+                if trio.current_time() - connected_at >= self.timeouts.backoff_max:
+                    backoff = self.timeouts.backoff_min
+            await trio.sleep(backoff * (0.5 + self._rng.random()))
+            backoff = min(2 * backoff, self.timeouts.backoff_max)
+
+    @staticmethod
+    async def _watch_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        """Ends the connection (cancels `scope`) when the peer closes it, e.g. after its idle timeout.
+
+        The receiving side never writes, so any answer (end of stream, data, an error) means the
+        link is gone; without this, the next frame would be written into a dead socket and lost
+        while counted as sent, and `is_up` would stay True until a later send failed.
+        """
+        try:
+            await stream.receive_some(1)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
 
     async def _send_frames(self, stream: trio.SocketStream, outbox: _Outbox) -> None:
         while True:
@@ -309,25 +330,36 @@ class MemoryNetwork:
 
 
 class MemoryTransport(Transport):
-    """A transport whose frames travel through a `MemoryNetwork`."""
+    """A transport whose frames travel through a `MemoryNetwork`, from the same one-frame outboxes as TCP."""
 
     def __init__(self, network: MemoryNetwork, node_id: int, peers: Sequence[int], spec: ModelSpec, key: bytes,
                  deliver: Deliver) -> None:
         super().__init__(node_id, peers, spec, key, deliver)
         self.network = network
+        self._outboxes = {p: _Outbox() for p in self.peers}
         self._send_channel, self._receive_channel = trio.open_memory_channel[tuple[float, int, bytes]](math.inf)
 
     def is_up(self, peer: int) -> bool:
         return self.node_id in self.network._running and self.network.link_up(self.node_id, peer)
 
     def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool:
-        if not self.is_up(peer):
+        if peer not in self._outboxes or not self.is_up(peer):
             return False
-        blob = join_frame(head, payload, self.key)
-        self.stats.frames_sent += 1
-        self.stats.bytes_sent += len(blob)
-        self.network._route(self.node_id, peer, blob)
+        if self._outboxes[peer].put((head, payload)):
+            self.stats.replaced += 1
         return True
+
+    async def _sender(self, peer: int) -> None:
+        outbox = self._outboxes[peer]
+        while True:
+            head, payload = await outbox.take()
+            if not self.is_up(peer):  # the link went down while the frame waited
+                self.stats.send_failures += 1
+                continue
+            blob = join_frame(head, payload, self.key)
+            self.stats.frames_sent += 1
+            self.stats.bytes_sent += len(blob)
+            self.network._route(self.node_id, peer, blob)
 
     def _schedule(self, latency: float, dst: int, blob: bytes) -> None:
         self._send_channel.send_nowait((latency, dst, blob))
@@ -346,6 +378,8 @@ class MemoryTransport(Transport):
         self.network._running.add(self.node_id)
         try:
             async with trio.open_nursery() as nursery:
+                for peer in self.peers:
+                    nursery.start_soon(self._sender, peer)
                 task_status.started(None)
                 async for latency, dst, blob in self._receive_channel:
                     if latency <= 0:
@@ -354,6 +388,8 @@ class MemoryTransport(Transport):
                         nursery.start_soon(self._later, latency, dst, blob)
         finally:
             self.network._running.discard(self.node_id)
+            for outbox in self._outboxes.values():
+                outbox.frame = None
 
     async def _later(self, latency: float, dst: int, blob: bytes) -> None:
         await trio.sleep(latency)

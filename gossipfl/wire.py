@@ -4,7 +4,7 @@ A frame is::
 
     prefix  16 bytes   magic b"GFL" + protocol version (1 byte), header length (u32 LE),
                        payload length (u64 LE)
-    header  msgpack    {"from", "kind", "inc", "seq", "step", "w", "paths", "shapes", "dtypes"}
+    header  msgpack    {"from", "kind", "inc", "seq", "step", "w", "fin", "paths", "shapes", "dtypes"}
     payload raw bytes  the parameter leaves, little-endian, concatenated in `paths` order
     tag     32 bytes   HMAC-SHA256(key, prefix + header + payload)
 
@@ -152,6 +152,7 @@ class Frame:
     weight: float  # push-sum weight (running sum) travelling with the parameters
     leaves: list[np.ndarray]
     nbytes: int = 0
+    final: bool = False  # the sender's last frame
 
     @property
     def order(self) -> tuple[int, int]:
@@ -169,12 +170,13 @@ def check_key(key: bytes | None) -> bytes:
 
 
 def encode_head(spec: ModelSpec, *, sender: int, incarnation: int, seq: int, step: int, weight: float,
-                kind: str = KIND_PARAMS) -> bytes:
-    """Prefix and msgpack header of a frame whose payload matches `spec`."""
+                kind: str = KIND_PARAMS, final: bool = False) -> bytes:
+    """Prefix and msgpack header of a frame whose payload matches `spec`. `final` marks the
+    sender's last frame: it has finished and will push no more."""
     header = msgpack.packb({
         "from": int(sender), "kind": kind, "inc": int(incarnation), "seq": int(seq), "step": int(step),
-        "w": float(weight), "paths": list(spec.paths), "shapes": [list(s) for s in spec.shapes],
-        "dtypes": list(spec.dtypes),
+        "w": float(weight), "fin": bool(final), "paths": list(spec.paths),
+        "shapes": [list(s) for s in spec.shapes], "dtypes": list(spec.dtypes),
     })
     return PREFIX.pack(MAGIC, len(header), spec.nbytes) + header
 
@@ -183,7 +185,10 @@ def payload_views(leaves: Sequence[Any]) -> list[memoryview]:
     """Byte views of parameter arrays (numpy or JAX on CPU), without copying when they are contiguous."""
     views = []
     for leaf in leaves:
-        a = np.ascontiguousarray(np.asarray(leaf))
+        a = np.asarray(leaf)
+        if a.dtype.byteorder == ">":  # the wire is little-endian, as `ModelSpec.of` declares
+            a = a.astype(a.dtype.newbyteorder("<"))
+        a = np.ascontiguousarray(a)
         views.append(memoryview(a.reshape(-1).view(np.uint8)))
     return views
 
@@ -261,6 +266,8 @@ def parse_header(raw: bytes, spec: ModelSpec) -> dict[str, Any]:
         value = _field(header, name, int)
         if not 0 <= value < 2**63:
             raise BadHeader(f"header field {name!r} out of range")
+    if not isinstance(header.get("fin", False), bool):
+        raise BadHeader("header field 'fin' must be a boolean")
     weight = _field(header, "w", (float, int))
     if not np.isfinite(weight):
         raise NonFinite("push-sum weight is not finite")
@@ -282,19 +289,25 @@ def parse_header(raw: bytes, spec: ModelSpec) -> dict[str, Any]:
 
 def check_finite(leaves: Sequence[np.ndarray]) -> None:
     """Refuses payloads with NaN or Inf (a sum is NaN/Inf exactly when some element is, short of
-    overflow in values near the float maximum, which are refused too)."""
+    overflow; narrower floats are summed in float64, so only float64 values near its maximum can
+    overflow the sum, and those are refused too)."""
     for leaf in leaves:
-        if leaf.dtype.kind in "fc" and not np.isfinite(leaf.sum()):
+        if leaf.dtype.kind not in "fc":
+            continue
+        wide = np.dtype(np.complex128 if leaf.dtype.kind == "c" else np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = leaf.sum(dtype=wide if leaf.dtype.itemsize < wide.itemsize else None)
+        if not np.isfinite(total):
             raise NonFinite("payload holds NaN or Inf values")
 
 
-def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec) -> Frame:
-    """A `Frame` from a checked header and its verified payload buffer."""
+def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec, header_len: int = 0) -> Frame:
+    """A `Frame` from a checked header (`header_len` bytes on the wire) and its verified payload buffer."""
     leaves = spec.split(payload)
     check_finite(leaves)
     return Frame(sender=header["from"], kind=header["kind"], incarnation=header["inc"], seq=header["seq"],
                  step=header["step"], weight=float(header["w"]), leaves=leaves,
-                 nbytes=PREFIX.size + len(payload) + TAG_BYTES)
+                 nbytes=PREFIX.size + header_len + len(payload) + TAG_BYTES)
 
 
 def decode_frame(blob: bytes | memoryview, spec: ModelSpec, key: bytes) -> Frame:
@@ -308,7 +321,7 @@ def decode_frame(blob: bytes | memoryview, spec: ModelSpec, key: bytes) -> Frame
     if not hmac.compare_digest(expected, bytes(blob[end:])):
         raise BadTag("authentication tag does not match (wrong key or corrupted frame)")
     header = parse_header(bytes(blob[PREFIX.size:PREFIX.size + header_len]), spec)
-    return make_frame(header, bytearray(blob[PREFIX.size + header_len:end]), spec)
+    return make_frame(header, bytearray(blob[PREFIX.size + header_len:end]), spec, header_len)
 
 
 async def read_frame(recv_into: Callable[[memoryview], Awaitable[None]], spec: ModelSpec, key: bytes) -> Frame:
@@ -332,4 +345,4 @@ async def read_frame(recv_into: Callable[[memoryview], Awaitable[None]], spec: M
     await recv_into(memoryview(tag))
     if not hmac.compare_digest(mac.digest(), bytes(tag)):
         raise BadTag("authentication tag does not match (wrong key or corrupted frame)")
-    return make_frame(parse_header(bytes(header), spec), payload, spec)
+    return make_frame(parse_header(bytes(header), spec), payload, spec, header_len)

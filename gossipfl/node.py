@@ -1,0 +1,403 @@
+"""A networked gossip node: one trio nursery, training in a worker thread, push-sum over a transport.
+
+Each tick a node takes `gossip_every` local steps (JAX, in `trio.to_thread` so the event loop keeps
+serving the network), pushes its neighbours their shares, and mixes in what its mailbox holds.
+
+The exchange is push-sum with running sums (robust push-sum): node i keeps, per neighbour j, the
+total mass it has ever pushed to j (sigma_ij, parameters and a scalar weight), and sends that
+total. The receiver remembers the last total it absorbed (rho_ij) and adds only the difference.
+So the mailbox needs only the newest frame per neighbour; a lost, duplicated or reordered frame
+changes nothing once a newer one arrives; and mass is conserved, so the network average of the
+de-biased models z_i = x_i / w_i is not biased by asynchrony. A neighbour that is down gets no
+share: its weight stays with the node until the link is back, and nobody waits for it.
+
+In sync mode a node waits, up to `sync_timeout`, for a frame of the current round from every
+neighbour before mixing; with all links up that is exactly the simulator's D-PSGD round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import trio
+
+from .errors import ConfigError, GossipError, RunDirError
+from .metrics import finite_or_none
+from .transport import Transport
+from .wire import FrameError, Stale, UnknownSender, encode_head, payload_views
+from .workload import Workload
+
+log = logging.getLogger("gossipfl.node")
+
+MODES = ("async", "sync")
+TransportFactory = Callable[[int, list[int], Any, Callable[[Any], None]], Transport]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GossipOptions:
+    """How a node gossips; the `[gossip]` table of a topology file, or flags."""
+
+    mode: str = "async"  # async | sync
+    gossip_every: int = 1  # local steps between exchanges
+    sync_timeout: float = 5.0  # sync mode: longest wait for a neighbour's round
+    checkpoint_every: int = 100  # steps between checkpoints
+    snapshot_every: int = 10  # steps between parameter sketches (consensus distance afterwards)
+    step_interval: float = 0.0  # seconds to pause after each tick (0: as fast as it computes)
+    linger: float = 2.0  # seconds to keep serving neighbours after the last step
+    peer_timeout: float = 10.0  # stop pushing to a neighbour silent for this long (until it is heard again)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown gossip mode {self.mode!r}; accepted: {', '.join(MODES)}")
+        for key in ("gossip_every", "checkpoint_every", "snapshot_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        for key in ("sync_timeout", "step_interval", "linger", "peer_timeout"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"{key} must be a non-negative number of seconds, got {value!r}")
+
+
+RunSync = Callable[..., Awaitable[Any]]
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs JAX work in a worker thread so the node's event loop keeps serving the network."""
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs work on the event loop itself (deterministic tests under trio's MockClock)."""
+    return fn(*args)
+
+
+class Node:
+    """One gossip node. `await node.run()` trains `cfg.rounds` steps, then lingers and returns."""
+
+    def __init__(self, node_id: int, work: Workload, opts: GossipOptions, key: bytes, out_dir: str | Path,
+                 make_transport: TransportFactory, *, data_file: str | None = None, run_sync: RunSync = in_thread,
+                 resume: bool = True) -> None:
+        self.id = node_id
+        self.work = work
+        self.cfg = work.cfg
+        self.opts = opts
+        self.key = key
+        self.out = Path(out_dir)
+        self.run_sync = run_sync
+        self.keep_weight, self.share_of = work.shares(node_id)
+        self.peers = sorted(self.share_of)
+        self.transport = make_transport(node_id, self.peers, work.spec, self.deliver)
+        self.data = work.node_data(node_id, data_file)
+        self.rng = np.random.default_rng([self.cfg.seed, node_id, 7])
+        # push-sum state: x (numerator), w (weight); running sums out (sigma) and absorbed (rho)
+        self.x = work.initial_params(node_id)
+        self.w = 1.0
+        self.opt_state = work.init_opt(self.x).opt_state
+        zeros = [np.zeros(s, d) for s, d in zip(work.spec.shapes, work.spec.dtypes, strict=True)]
+        self.sigma = {j: work.unflatten(zeros) for j in self.peers}
+        self.sigma_w = dict.fromkeys(self.peers, 0.0)
+        self.rho = {j: list(zeros) for j in self.peers}
+        self.rho_w = dict.fromkeys(self.peers, 0.0)
+        self.last_seen: dict[int, tuple[int, int]] = {}
+        self.mailbox: dict[int, Any] = {}
+        self.step = 0
+        self.seq = 0
+        self.incarnation = time.time_ns() // 1_000_000
+        self.accepted = 0
+        self.rejected: Counter = Counter()
+        self._arrived = trio.Event()
+        self._keep = 1.0
+        self._absent: set[int] = set()
+        self._finished: set[int] = set()  # neighbours that sent their last frame
+        self._heard: dict[int, float] = {}  # neighbour -> when its newest frame arrived (monotonic)
+        self.resumed_from: int | None = None
+        self._prepare_dir(resume)
+
+    # ------------------------------------------------------------------ receiving
+
+    def deliver(self, item: Any) -> None:
+        """The transport's callback: a verified frame goes to the mailbox; refusals are counted."""
+        if not isinstance(item, FrameError):
+            if item.sender not in self.share_of:
+                item = UnknownSender(f"frame from {item.sender}, not a neighbour of node {self.id}")
+            elif item.order <= self.last_seen.get(item.sender, (-1, -1)):
+                item = Stale(f"frame {item.order} from {item.sender} is not newer than {self.last_seen[item.sender]}")
+        if isinstance(item, FrameError):
+            self.rejected[item.reason] += 1
+            if self.rejected[item.reason] in (1, 10, 100) or self.rejected[item.reason] % 1000 == 0:
+                log.warning("node %d: frame rejected (%s): %s [%d so far]", self.id, item.reason, item,
+                            self.rejected[item.reason])
+            return
+        self.accepted += 1
+        self.last_seen[item.sender] = item.order
+        self.mailbox[item.sender] = item
+        self._heard[item.sender] = time.monotonic()
+        if item.final:
+            self._finished.add(item.sender)
+        self._absent.discard(item.sender)
+        self._arrived.set()
+
+    # ------------------------------------------------------------------ the node's life
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> dict[str, Any]:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.run)
+            task_status.started()
+            summary = await self._train()
+            await trio.sleep(self.opts.linger)
+            nursery.cancel_scope.cancel()
+        return summary
+
+    async def _train(self) -> dict[str, Any]:
+        start = time.time()
+        steps = self.cfg.rounds
+        if self.step == 0:
+            await self._record(loss=None, evaluate=True, sketch=True)
+        while self.step < steps:
+            k = min(self.opts.gossip_every, steps - self.step)
+            loss = None
+            if self.work.learning:
+                pick = self.data.indices[self.rng.integers(0, self.data.indices.size, (k, self.cfg.batch_size))]
+                xs, ys = self.data.dataset.x_train[pick], self.data.dataset.y_train[pick]
+                self.x, self.opt_state, loss = await self.run_sync(
+                    self.work.train, self.x, jnp.float32(self.w), self.opt_state, xs, ys)
+            self.step += k
+            await self._gossip()
+            last = self.step >= steps
+            await self._record(loss=loss, evaluate=last or self.step % self.cfg.eval_every < k,
+                               sketch=last or self.step % self.opts.snapshot_every < k)
+            if last or self.step % self.opts.checkpoint_every < k:
+                await self.run_sync(write_checkpoint, self.out / "checkpoint.npz", self.checkpoint_arrays())
+            await trio.sleep(self.opts.step_interval)
+        return await self._finish(time.time() - start)
+
+    async def _gossip(self) -> None:
+        # 1. push: every neighbour that is up gets its share of (x, w) added to its running sum
+        up = [j for j in self.peers if self._pushes_to(j)]
+        shares = np.array([self.share_of[j] if j in up else 0.0 for j in self.peers], np.float32)
+        self._keep = self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in up)
+        sums = await self.run_sync(self.work.emit, self.x, tuple(self.sigma[j] for j in self.peers), shares)
+        self.sigma = dict(zip(self.peers, sums, strict=True))
+        self.seq += 1
+        for j in up:
+            self.sigma_w[j] += self.share_of[j] * self.w
+            head = encode_head(self.work.spec, sender=self.id, incarnation=self.incarnation, seq=self.seq,
+                               step=self.step, weight=self.sigma_w[j], final=self.step >= self.cfg.rounds)
+            self.transport.send(j, head, payload_views(self.work.flatten(self.sigma[j])))
+        # 2. sync mode: wait for this round's frame from every neighbour not known to be away
+        if self.opts.mode == "sync":
+            await self._wait_for_round()
+        # 3. mix: own kept share plus what each neighbour's running sum grew by
+        frames, self.mailbox = self.mailbox, {}
+        inbox = tuple(frames[j].leaves if j in frames else self.rho[j] for j in self.peers)
+        self.x = await self.run_sync(self.work.absorb, self.x, jnp.float32(self._keep),
+                                     tuple(self.rho[j] for j in self.peers), inbox)
+        w = self._keep * self.w
+        for j, frame in frames.items():
+            w += frame.weight - self.rho_w[j]
+            self.rho[j], self.rho_w[j] = frame.leaves, frame.weight
+        self.w = w
+
+    def _pushes_to(self, j: int) -> bool:
+        """Whether node j gets a share now: its link is up, it has not finished, it is not silent
+        for longer than `peer_timeout`, and this node's weight is not so small that pushing more
+        would drive its float32 numerator towards underflow (it recovers as neighbours push back)."""
+        if not self.transport.is_up(j) or j in self._finished or self.w < 1e-6:
+            return False
+        heard = self._heard.get(j)
+        return heard is None or time.monotonic() - heard < self.opts.peer_timeout
+
+    async def _wait_for_round(self) -> None:
+        def waiting() -> list[int]:
+            return [j for j in self.peers if j not in self._absent and j not in self._finished
+                    and not (j in self.mailbox and self.mailbox[j].step >= self.step)]
+
+        with trio.move_on_after(self.opts.sync_timeout):
+            while waiting():
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+        late = waiting()
+        if late:
+            log.warning("node %d: no round-%d frame from %s within %.1f s; not waiting for them until they "
+                        "send again", self.id, self.step, late, self.opts.sync_timeout)
+            self._absent.update(late)
+
+    # ------------------------------------------------------------------ metrics
+
+    def model(self) -> Any:
+        """The de-biased model z = x / w this node would deploy."""
+        return [np.asarray(a) / self.w for a in self.work.flatten(self.x)]
+
+    def counters(self) -> dict[str, Any]:
+        stats = self.transport.stats
+        return {"frames_sent": stats.frames_sent, "bytes_sent": stats.bytes_sent,
+                "frames_accepted": self.accepted, "bytes_received": stats.bytes_received,
+                "frames_replaced": stats.replaced, "rejected": dict(self.rejected)}
+
+    async def _record(self, *, loss: Any, evaluate: bool, sketch: bool) -> None:
+        record: dict[str, Any] = {"step": self.step, "time": time.time(), "w": self.w, **self.counters()}
+        if loss is not None:
+            record["loss"] = float(loss)
+        model = self.model()
+        if evaluate and self.work.evaluate is not None:
+            test_loss, acc = await self.run_sync(
+                self.work.evaluate, self.work.unflatten(model), self.work.dataset.x_test, self.work.dataset.y_test)
+            record.update(test_loss=float(test_loss), accuracy=float(acc))
+        self._metrics.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
+        self._metrics.flush()
+        if sketch:
+            vec = await self.run_sync(self.work.sketch, model)
+            row = np.zeros(1, sketch_dtype(self.work.sketch.dim))
+            row["step"], row["time"], row["v"] = self.step, record["time"], vec
+            self._sketches.write(row.tobytes())
+            self._sketches.flush()
+
+    async def _finish(self, seconds: float) -> dict[str, Any]:
+        model = self.model()
+        await self.run_sync(write_checkpoint, self.out / "final.npz",
+                            {f"z/{i}": a for i, a in enumerate(model)})
+        summary = {"id": self.id, "steps": self.step, "wall_seconds": seconds, "w": self.w,
+                   "resumed_from": self.resumed_from, **self.counters()}
+        if self.work.evaluate is not None:
+            test_loss, acc = await self.run_sync(
+                self.work.evaluate, self.work.unflatten(model), self.work.dataset.x_test, self.work.dataset.y_test)
+            summary.update(accuracy=float(acc), test_loss=float(test_loss))
+        _write_json(self.out / "summary.json", summary)
+        self._metrics.close()
+        self._sketches.close()
+        return summary
+
+    # ------------------------------------------------------------------ files and checkpoints
+
+    def _prepare_dir(self, resume: bool) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create node directory {str(self.out)!r}: {e.strerror or e}") from None
+        ckpt = self.out / "checkpoint.npz"
+        if resume and ckpt.exists():
+            self.restore(ckpt)
+        else:
+            for stale in ("metrics.jsonl", "sketch.bin", "summary.json", "final.npz", "checkpoint.npz",
+                          "checkpoint.npz.tmp"):
+                (self.out / stale).unlink(missing_ok=True)
+        _write_json(self.out / "node.json", {
+            "id": self.id, "peers": self.peers, "sketch_dim": self.work.sketch.dim,
+            "parameters": self.work.parameters, "config": self.cfg.to_dict(), "gossip": asdict(self.opts),
+        })
+        self._metrics = (self.out / "metrics.jsonl").open("a", encoding="utf-8")
+        self._sketches = (self.out / "sketch.bin").open("ab")
+        if self.resumed_from is not None:
+            # a killed writer may have left half a line or half a sketch row: cut them off
+            _truncate_partial(self.out / "metrics.jsonl", self._metrics, newline=True)
+            _truncate_partial(self.out / "sketch.bin", self._sketches,
+                              record=sketch_dtype(self.work.sketch.dim).itemsize)
+            self._metrics.write(json.dumps({"step": self.step, "time": time.time(), "event": "resumed"}) + "\n")
+
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        """The node's whole state as named arrays, taken on the event loop (so no frame arriving
+        meanwhile can change it half-way); `write_checkpoint` then writes it in a thread."""
+        arrays: dict[str, np.ndarray] = {}
+        for i, a in enumerate(self.work.flatten(self.x)):
+            arrays[f"x/{i}"] = a
+        for i, a in enumerate(self.work.flatten(self.opt_state)):
+            arrays[f"opt/{i}"] = a
+        for j in self.peers:
+            for i, a in enumerate(self.work.flatten(self.sigma[j])):
+                arrays[f"sigma/{j}/{i}"] = a
+            for i, a in enumerate(self.rho[j]):
+                arrays[f"rho/{j}/{i}"] = np.asarray(a)
+        meta = {"step": self.step, "seq": self.seq, "w": self.w, "sigma_w": self.sigma_w, "rho_w": self.rho_w,
+                "last_seen": {str(k): list(v) for k, v in self.last_seen.items()}, "accepted": self.accepted,
+                "rejected": dict(self.rejected), "rng": self.rng.bit_generator.state}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        return arrays
+
+    def restore(self, path: Path) -> None:
+        """Loads a checkpoint written by `checkpoint` (never a partial one: those are never renamed)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(arrays.pop("meta").tobytes())
+            n_leaves = len(self.work.spec.shapes)
+
+            def leaves(prefix: str, count: int) -> list[np.ndarray]:
+                return [arrays[f"{prefix}/{i}"] for i in range(count)]
+
+            x = leaves("x", n_leaves)
+            if [a.shape for a in x] != list(self.work.spec.shapes):
+                raise GossipError("its parameter shapes differ from this model's")
+            self.x = self.work.unflatten(x)
+            n_opt = len(self.work.flatten(self.opt_state))
+            self.opt_state = jax.tree.unflatten(jax.tree.structure(self.opt_state),
+                                                [jnp.asarray(a) for a in leaves("opt", n_opt)])
+            for j in self.peers:
+                self.sigma[j] = self.work.unflatten(leaves(f"sigma/{j}", n_leaves))
+                self.rho[j] = leaves(f"rho/{j}", n_leaves)
+            self.step, self.seq, self.w = int(meta["step"]), int(meta["seq"]), float(meta["w"])
+            self.sigma_w = {int(k): float(v) for k, v in meta["sigma_w"].items()}
+            self.rho_w = {int(k): float(v) for k, v in meta["rho_w"].items()}
+            self.last_seen = {int(k): tuple(v) for k, v in meta["last_seen"].items()}
+            self.accepted, self.rejected = int(meta["accepted"]), Counter(meta["rejected"])
+            self.rng.bit_generator.state = meta["rng"]
+        except (OSError, ValueError, KeyError, GossipError) as e:
+            raise RunDirError(f"cannot resume node {self.id} from {path}: {e}; delete it (or pass --fresh) "
+                              "to start this node over") from None
+        self.resumed_from = self.step
+        log.info("node %d: resumed from its checkpoint at step %d", self.id, self.step)
+
+
+def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes a checkpoint atomically: to a temporary file, synced, then renamed over the old one,
+    so a crash mid-write leaves the previous checkpoint, never a partial one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sketch_dtype(dim: int) -> np.dtype:
+    """One row of sketch.bin: the step, the wall time, and the sketch of the de-biased model."""
+    return np.dtype([("step", "<i8"), ("time", "<f8"), ("v", "<f4", (dim,))])
+
+
+def read_sketches(path: Path, dim: int) -> np.ndarray:
+    """All complete rows of a sketch.bin (a torn last row, from a kill mid-write, is ignored)."""
+    dtype = sketch_dtype(dim)
+    raw = path.read_bytes() if path.exists() else b""
+    return np.frombuffer(raw, dtype, count=len(raw) // dtype.itemsize)
+
+
+def _truncate_partial(path: Path, handle: Any, *, newline: bool = False, record: int = 0) -> None:
+    size = path.stat().st_size
+    keep = size
+    if newline and size:
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+    elif record:
+        keep = size - size % record
+    if keep != size:
+        handle.flush()
+        os.truncate(path, keep)
+        handle.seek(keep)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(finite_or_none(value), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,182 @@
+"""What networked nodes compute, built once per process and shared by every node it hosts.
+
+A `Workload` holds the dataset, the model definition, and the jit-compiled functions a node calls:
+`train` (K local steps of the algorithm on the de-biased parameters), `emit` (add this round's
+push-sum shares to the running sums sent to each neighbour) and `absorb` (the mixing step: the
+simulator's `mix_one` kernel over what the mailbox brought). Compiling once per process is what
+lets one small machine host many nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+from flax import nnx
+
+from . import algorithms as algos
+from .config import SimConfig
+from .data import Dataset, load_dataset, partition
+from .errors import ConfigError, DataError
+from .mixing import mix_one
+from .models import make_model
+from .topology import mixing_matrix
+from .wire import ModelSpec
+
+PyTree = Any
+NETWORK_ALGORITHMS = ("dpsgd", "consensus")
+SKETCH_DIM = 4096
+
+
+class Sketch:
+    """A fixed linear map of a node's parameters to at most `SKETCH_DIM` numbers, the same on every
+    node, from which the consensus distance across nodes is computed afterwards.
+
+    Models of at most `k` parameters are kept whole (exact distances); larger ones go through a
+    CountSketch (each coordinate added, with a random sign, to one of k buckets), which preserves
+    squared distances in expectation, with a relative spread of about sqrt(2/k) (2% for k=4096).
+    """
+
+    def __init__(self, size: int, k: int = SKETCH_DIM, seed: int = 0x5EED) -> None:
+        self.size = size
+        self.dim = min(size, k)
+        if size > k:
+            rng = np.random.default_rng(seed)
+            self._bucket = rng.integers(0, k, size)
+            self._sign = rng.choice(np.array([-1.0, 1.0]), size)
+
+    def __call__(self, leaves: list[np.ndarray]) -> np.ndarray:
+        flat = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in leaves])
+        if self.dim == self.size:
+            return flat.astype(np.float32)
+        return np.bincount(self._bucket, weights=flat * self._sign, minlength=self.dim).astype(np.float32)
+
+
+def leaf_paths(tree: PyTree) -> list[str]:
+    """Stable names of a pytree's leaves, as sent in frame headers."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [jax.tree_util.keystr(path) or "params" for path, _ in flat]
+
+
+@dataclass
+class NodeData:
+    """One node's training examples (indices into the dataset's training set)."""
+
+    dataset: Dataset
+    indices: np.ndarray
+
+
+class Workload:
+    """Dataset, model and compiled functions for the nodes of one topology (see module docstring)."""
+
+    def __init__(self, cfg: SimConfig, graph: nx.Graph, weights: str) -> None:
+        if cfg.algorithm not in NETWORK_ALGORITHMS:
+            raise ConfigError(f"networked nodes run {' or '.join(NETWORK_ALGORITHMS)}, not {cfg.algorithm!r} "
+                              "(centralized is the simulator's reference run)")
+        self.cfg = cfg
+        self.graph = graph
+        self.n = graph.number_of_nodes()
+        self.W = np.asarray(mixing_matrix(graph, weights, sparse=False), np.float64)
+        self.learning = cfg.algorithm != "consensus"
+        init_key, _ = jax.random.split(jax.random.key(cfg.seed))
+        if self.learning:
+            self.dataset = load_dataset(cfg.dataset, seed=cfg.seed)
+            self._parts = partition(self.dataset.y_train, self.n, cfg.partition, seed=cfg.seed,
+                                    num_classes=self.dataset.num_classes)
+            model = make_model(cfg.model, self.dataset.input_shape, self.dataset.num_classes, seed=cfg.seed,
+                               hidden=cfg.hidden, dataset=self.dataset.name)
+            self.graphdef, template = nnx.split(model, nnx.Param)
+            self.algorithm = algos.dpsgd(algos.classification_loss(self.graphdef),
+                                         algos.make_optimizer(cfg.optimizer, cfg.lr))
+            self._x0 = None
+        else:
+            self.dataset = None
+            self.algorithm = algos.consensus()
+            # the simulator's initial vectors, so a networked run starts where a simulated one does
+            self._x0 = np.asarray(jax.random.normal(init_key, (self.n, cfg.dim), jnp.float32))
+            template = jnp.zeros((cfg.dim,), jnp.float32)
+        self.treedef = jax.tree.structure(template)
+        leaves = jax.tree.leaves(template)
+        self.spec = ModelSpec.of(leaves, leaf_paths(template))
+        self.parameters = int(sum(np.size(x) for x in leaves))
+        self.sketch = Sketch(self.parameters, seed=cfg.seed + 0x5EED)
+        self._compile()
+
+    # ------------------------------------------------------------------ per node
+
+    def initial_params(self, node: int) -> PyTree:
+        """Node `node`'s starting model: each node initialises its own (seed + id), as real devices do."""
+        if not self.learning:
+            return jnp.asarray(self._x0[node])
+        model = make_model(self.cfg.model, self.dataset.input_shape, self.dataset.num_classes,
+                           seed=self.cfg.seed + 1 + node, hidden=self.cfg.hidden, dataset=self.dataset.name)
+        return nnx.split(model, nnx.Param)[1]
+
+    def node_data(self, node: int, data_file: str | None = None) -> NodeData | None:
+        """The node's share of the shared dataset, or all of its own local `.npz` file."""
+        if not self.learning:
+            return None
+        if data_file is None:
+            return NodeData(self.dataset, self._parts[node])
+        own = load_dataset(data_file, seed=self.cfg.seed)
+        if own.input_shape != self.dataset.input_shape or own.num_classes > self.dataset.num_classes:
+            raise DataError(f"node {node}'s data file {Path(data_file).name!r} has inputs {own.input_shape} and "
+                            f"{own.num_classes} classes; the shared model expects {self.dataset.input_shape} and "
+                            f"at most {self.dataset.num_classes}")
+        return NodeData(own, np.arange(own.y_train.shape[0]))
+
+    def shares(self, node: int) -> tuple[float, dict[int, float]]:
+        """(W_ii, {j: W_ji}): what node i keeps of its mass and pushes to each neighbour j."""
+        nbrs = sorted(self.graph.neighbors(node))
+        return float(self.W[node, node]), {j: float(self.W[j, node]) for j in nbrs}
+
+    def flatten(self, tree: PyTree) -> list[np.ndarray]:
+        return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+    def unflatten(self, leaves: list[Any]) -> PyTree:
+        return jax.tree.unflatten(self.treedef, [jnp.asarray(x) for x in leaves])
+
+    # ------------------------------------------------------------------ compiled functions
+
+    def _compile(self) -> None:
+        algorithm = self.algorithm
+
+        @jax.jit
+        def train(x: PyTree, w: jax.Array, opt_state: PyTree, xs: jax.Array, ys: jax.Array):
+            # Push-sum: the model is z = x / w; the local steps move z, and x follows (x = w z).
+            z = jax.tree.map(lambda a: a / w, x)
+
+            def step(state, batch):
+                return algorithm.local_update(state, batch)
+
+            state, losses = jax.lax.scan(step, algos.NodeState(z, opt_state), (xs, ys))
+            x = jax.tree.map(lambda a, new, old: a + (new - old) * w, x, state.params, z)
+            return x, state.opt_state, jnp.mean(losses)
+
+        @jax.jit
+        def emit(x: PyTree, sigmas: tuple, shares: jax.Array) -> tuple:
+            return tuple(jax.tree.map(lambda s, a, k=k: s + shares[k] * a, sigma, x)
+                         for k, sigma in enumerate(sigmas))
+
+        @jax.jit
+        def absorb(x: PyTree, keep: jax.Array, rhos: tuple, inbox: tuple) -> PyTree:
+            # rhos/inbox: per neighbour, the leaves of the running sum absorbed last time and of the
+            # newest one received; what the neighbour pushed since is the difference.
+            leaves, treedef = jax.tree.flatten(x)
+            deltas = [jnp.stack([new[i] - old[i] for old, new in zip(rhos, inbox, strict=True)])
+                      for i in range(len(leaves))]
+            mixed = mix_one(leaves, deltas, keep, jnp.ones((len(rhos),), jnp.float32))
+            return jax.tree.unflatten(treedef, mixed)
+
+        @jax.jit
+        def evaluate(params: PyTree, x: jax.Array, y: jax.Array):
+            return algos.evaluate(self.graphdef, params, x, y)
+
+        self.train, self.emit, self.absorb = train, emit, absorb
+        self.evaluate = evaluate if self.learning else None
+        self.init_opt = algorithm.init
