@@ -1,8 +1,9 @@
-"""The `gossipfl` command: simulate, topology, plot."""
+"""The `gossipfl` command: simulate, topology, plot, node, launch."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from .errors import GossipError
 
 app = typer.Typer(
     name="gossipfl",
-    help="Decentralized gossip learning: simulate topologies, analyse them, plot convergence.",
+    help="Decentralized gossip learning: simulate topologies, run real nodes over TCP, plot convergence.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -245,6 +246,157 @@ def plot(
 
     path = plot_runs(runs, out, title=title)
     console.print(f"wrote {path}")
+
+
+_NODE_FLAGS_HELP = "Local steps per node (overrides the topology file's \\[experiment] rounds)."
+
+
+def _gossip_overrides(mode: str | None, gossip_every: int | None) -> dict[str, Any]:
+    return {k: v for k, v in (("mode", mode), ("gossip_every", gossip_every)) if v is not None}
+
+
+def _node_key(key_file: Path | None, insecure: bool) -> bytes | None:
+    from .auth import HOW_TO, load_key
+
+    key = load_key(key_file)
+    if key is None and not insecure:
+        raise GossipError(f"no shared key: {HOW_TO} (or --insecure to run unauthenticated, trusted networks only)")
+    return key
+
+
+@app.command()
+@_friendly_errors
+def node(
+    topology: Path = typer.Option(..., "--topology", "-t", help="Topology TOML with \\[\\[nodes]] id/host/port."),
+    node_id: int | None = typer.Option(None, "--id", help="The node this process runs."),
+    ids: str | None = typer.Option(None, "--ids", help="Several nodes in this process: 0-7, or 0,2,5-6."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<topology name>); "
+                                    "each node writes DIR/node-<id>/."),
+    key_file: Path | None = typer.Option(None, "--key-file", help="File with the shared key ('-': standard "
+                                         "input). Default: the GOSSIPFL_KEY environment variable."),
+    insecure: bool = typer.Option(False, "--insecure", help="Run without a key: frames are not authenticated."),
+    rounds: int | None = typer.Option(None, "--rounds", "-r", help=_NODE_FLAGS_HELP),
+    mode: str | None = typer.Option(None, help="async (default: no barrier) or sync (rounds, for comparisons)."),
+    gossip_every: int | None = typer.Option(None, help="Local steps between exchanges (default 1)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming from a checkpoint."),
+) -> None:
+    """Run one or more gossip nodes of a topology file in this process (one JAX runtime).
+
+    A node resumes from DIR/node-<id>/checkpoint.npz when there is one (e.g. after a crash)."""
+    import logging
+
+    from .auth import KEY_ENV
+    from .network import load_network, make_nodes, parse_ids, run_nodes
+
+    key = _node_key(key_file, insecure)
+    net = load_network(topology, overrides={"rounds": rounds} if rounds else None,
+                       gossip_overrides=_gossip_overrides(mode, gossip_every))
+    if (node_id is None) == (ids is None):
+        raise GossipError("give the node(s) to run: --id N or --ids 0-7")
+    chosen = parse_ids(str(node_id) if ids is None else ids, net.size)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("jax", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.pop(KEY_ENV, None)  # not inherited by anything this process starts
+    out_dir = out or Path("runs") / net.topology.name
+    nodes = make_nodes(net, chosen, key=key, out=out_dir, resume=not fresh)
+    try:
+        summaries = run_nodes(nodes)
+    except KeyboardInterrupt:
+        _print_error(f"interrupted; each node's last checkpoint in {out_dir}/node-<id>/ is kept: run the same "
+                     "command to resume")
+        raise typer.Exit(130) from None
+    for s in summaries:
+        acc = f", test accuracy {100 * s['accuracy']:.2f}%" if "accuracy" in s else ""
+        console.print(f"node {s['id']}: {s['steps']} steps in {s['wall_seconds']:.1f} s{acc}; frames sent "
+                      f"{s['frames_sent']}, accepted {s['frames_accepted']}, rejected {sum(s['rejected'].values())}")
+
+
+@app.command()
+@_friendly_errors
+def launch(
+    topology: Path = typer.Argument(
+        ..., help="Topology TOML with \\[\\[nodes]] id/host/port and an \\[experiment] table."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<topology name>)."),
+    processes: int | None = typer.Option(None, "--processes", "-p", help="Local processes to spread the "
+                                         "loopback nodes over (default one per node, at most 8)."),
+    key_file: Path | None = typer.Option(None, "--key-file", help="File with the shared key. Default: "
+                                         "GOSSIPFL_KEY; a loopback-only launch makes a fresh key if neither."),
+    ssh: bool = typer.Option(False, "--ssh", help="Start nodes on other hosts over SSH (the system ssh client)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact commands and exit."),
+    remote_dir: str = typer.Option("gossipfl", help="--ssh: working directory on the remote hosts."),
+    rounds: int | None = typer.Option(None, "--rounds", "-r", help=_NODE_FLAGS_HELP),
+    mode: str | None = typer.Option(None, help="async (default) or sync."),
+    gossip_every: int | None = typer.Option(None, help="Local steps between exchanges (default 1)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start every node over instead of resuming."),
+) -> None:
+    """Start every node of a topology file, show progress, and merge the results into DIR.
+
+    Writes DIR/node-<id>/ per node, DIR/logs/, and at the end DIR/metrics.jsonl, summary.json
+    and plot.png. Ctrl-C stops the nodes (their checkpoints stay: launch again to resume)."""
+    from . import launch as launcher
+    from .auth import generate_key, load_key
+    from .network import load_network
+    from .plot import plot_runs
+
+    overrides = {"rounds": rounds} if rounds else None
+    net = load_network(topology, overrides=overrides, gossip_overrides=_gossip_overrides(mode, gossip_every))
+    out_dir = out or Path("runs") / net.topology.name
+    node_args = [*(["--rounds", str(rounds)] if rounds else []), *(["--mode", mode] if mode else []),
+                 *(["--gossip-every", str(gossip_every)] if gossip_every else []), *(["--fresh"] if fresh else [])]
+    plans = launcher.plan(net, str(topology), out_dir, processes=processes, ssh=ssh, remote_dir=remote_dir,
+                          node_args=node_args)
+    if dry_run:
+        for line in launcher.dry_run_lines(plans, str(key_file) if key_file else None):
+            console.print(line, soft_wrap=True)
+        return
+    key = load_key(key_file)
+    if key is None:
+        if not net.is_local():
+            raise GossipError("nodes on other hosts need the shared key: pass --key-file PATH or set GOSSIPFL_KEY")
+        key = generate_key().encode()  # only this launch's own children ever see it
+    total = net.config.rounds * net.size
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[status]}"), console=console)
+    with bar:
+        task = bar.add_task(escape(f"{net.size} nodes, {len(plans)} processes"), total=total, status="starting...")
+
+        def progress(done: dict[int, int]) -> None:
+            slowest = min(done.values(), default=0)
+            bar.update(task, completed=sum(done.values()), status=f"slowest node at step {slowest}")
+
+        try:
+            failures = launcher.run(plans, out_dir, key=key.decode(errors="replace"), progress=progress)
+        except KeyboardInterrupt:
+            _print_error(f"interrupted: nodes stopped; their checkpoints in {out_dir} are kept (launch again to "
+                         "resume, or add --fresh)")
+            raise typer.Exit(130) from None
+    summary = launcher.finalize(out_dir, net)
+    plot_path = plot_runs([out_dir], out_dir / "plot.png")
+    _print_launch_summary(summary)
+    console.print(f"wrote {out_dir}/metrics.jsonl, summary.json and {plot_path}", soft_wrap=True)
+    if failures:
+        for plan_, code in failures:
+            _print_error(launcher.failure_report(plan_, code))
+        raise typer.Exit(1)
+
+
+def _print_launch_summary(s: dict[str, Any]) -> None:
+    table = Table(title="launch result", show_header=False)
+    final, frames = s["final"], s["frames"]
+    table.add_row("nodes", f"{s['topology']['nodes']} ({len(s['nodes_finished'])} finished), "
+                  f"{s['topology'].get('edges', '?')} edges, {s['topology'].get('weights', '?')} weights")
+    if "consensus_distance" in final:
+        table.add_row("consensus distance", f"{final['initial_consensus_distance']:.3e} -> "
+                      f"{final['consensus_distance']:.3e} in {s.get('wall_seconds', 0):.1f} s")
+    if "accuracy" in final:
+        table.add_row("averaged model", f"test accuracy {100 * final['accuracy']:.2f}%")
+    if "node_accuracy_min" in final:
+        table.add_row("node accuracy", f"min {100 * final['node_accuracy_min']:.2f}%  mean "
+                      f"{100 * final['node_accuracy_mean']:.2f}%  max {100 * final['node_accuracy_max']:.2f}%")
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(frames["rejected"].items())) or "none"
+    table.add_row("frames", f"sent {frames['sent']}, accepted {frames['accepted']}, rejected: {rejected}")
+    console.print(table)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import trio
 
+from .collect import sketch_dtype
 from .errors import ConfigError, GossipError, RunDirError
 from .metrics import finite_or_none
 from .transport import Transport
@@ -42,6 +43,7 @@ from .workload import Workload
 log = logging.getLogger("gossipfl.node")
 
 MODES = ("async", "sync")
+MAX_UNACKED = 2  # async: shares in flight per link before a node keeps the next one
 TransportFactory = Callable[[int, list[int], Any, Callable[[Any], None]], Transport]
 
 
@@ -119,7 +121,10 @@ class Node:
         self.accepted = 0
         self.rejected: Counter = Counter()
         self._arrived = trio.Event()
-        self._keep = 1.0
+        self.absorbed_seq: dict[int, int] = {}  # neighbour -> seq of its newest frame absorbed here
+        self.acked: dict[int, int] = {}  # neighbour -> seq of this node's newest frame it has absorbed
+        self.share_seqs: dict[int, list[int]] = {j: [] for j in self.peers}  # seqs that carried a share
+        self._sent_ack: dict[int, int] = {}
         self._absent: set[int] = set()
         self._finished: set[int] = set()  # neighbours that sent their last frame
         self._heard: dict[int, float] = {}  # neighbour -> when its newest frame arrived (monotonic)
@@ -145,6 +150,7 @@ class Node:
         self.last_seen[item.sender] = item.order
         self.mailbox[item.sender] = item
         self._heard[item.sender] = time.monotonic()
+        self.acked[item.sender] = item.ack
         if item.final:
             self._finished.add(item.sender)
         self._absent.discard(item.sender)
@@ -185,38 +191,65 @@ class Node:
         return await self._finish(time.time() - start)
 
     async def _gossip(self) -> None:
-        # 1. push: every neighbour that is up gets its share of (x, w) added to its running sum
-        up = [j for j in self.peers if self._pushes_to(j)]
-        shares = np.array([self.share_of[j] if j in up else 0.0 for j in self.peers], np.float32)
-        self._keep = self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in up)
-        sums = await self.run_sync(self.work.emit, self.x, tuple(self.sigma[j] for j in self.peers), shares)
+        # Async: mix in what arrived, then push (so the frames carry fresh acks and fresh mass).
+        # Sync: push this round, wait for every neighbour's round, then mix: the simulator's round.
+        if self.opts.mode == "sync":
+            await self._push()
+            await self._wait_for_round()
+            await self._absorb()
+        else:
+            await self._absorb()
+            await self._push()
+
+    async def _push(self) -> None:
+        """Adds each neighbour's share of (x, w) to its running sum and sends the sums. A neighbour
+        that cannot take a share now (see `_pushes_to`) leaves it with this node."""
+        sharing = [j for j in self.peers if self._pushes_to(j)]
+        shares = np.array([self.share_of[j] if j in sharing else 0.0 for j in self.peers], np.float32)
+        keep = self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in sharing)
+        self.x, sums = await self.run_sync(self.work.emit, self.x, jnp.float32(keep),
+                                           tuple(self.sigma[j] for j in self.peers), shares)
         self.sigma = dict(zip(self.peers, sums, strict=True))
         self.seq += 1
-        for j in up:
+        for j in sharing:
             self.sigma_w[j] += self.share_of[j] * self.w
+            self.share_seqs[j] = [s for s in self.share_seqs[j] if s > self.acked.get(j, 0)] + [self.seq]
+        self.w *= keep
+        final = self.step >= self.cfg.rounds
+        for j in self.peers:
+            ack = self.absorbed_seq.get(j, 0)
+            # a frame goes out when it carries new mass, a new ack, or the goodbye
+            if not self.transport.is_up(j) or not (j in sharing or ack != self._sent_ack.get(j) or final):
+                continue
             head = encode_head(self.work.spec, sender=self.id, incarnation=self.incarnation, seq=self.seq,
-                               step=self.step, weight=self.sigma_w[j], final=self.step >= self.cfg.rounds)
-            self.transport.send(j, head, payload_views(self.work.flatten(self.sigma[j])))
-        # 2. sync mode: wait for this round's frame from every neighbour not known to be away
-        if self.opts.mode == "sync":
-            await self._wait_for_round()
-        # 3. mix: own kept share plus what each neighbour's running sum grew by
+                               step=self.step, weight=self.sigma_w[j], final=final, ack=ack)
+            if self.transport.send(j, head, payload_views(self.work.flatten(self.sigma[j]))):
+                self._sent_ack[j] = ack
+
+    async def _absorb(self) -> None:
+        """The mixing step: adds what each neighbour's running sum grew by since last time."""
         frames, self.mailbox = self.mailbox, {}
+        if not frames:
+            return
         inbox = tuple(frames[j].leaves if j in frames else self.rho[j] for j in self.peers)
-        self.x = await self.run_sync(self.work.absorb, self.x, jnp.float32(self._keep),
-                                     tuple(self.rho[j] for j in self.peers), inbox)
-        w = self._keep * self.w
+        self.x = await self.run_sync(self.work.absorb, self.x, tuple(self.rho[j] for j in self.peers), inbox)
         for j, frame in frames.items():
-            w += frame.weight - self.rho_w[j]
+            self.w += frame.weight - self.rho_w[j]
             self.rho[j], self.rho_w[j] = frame.leaves, frame.weight
-        self.w = w
+            self.absorbed_seq[j] = frame.seq
 
     def _pushes_to(self, j: int) -> bool:
-        """Whether node j gets a share now: its link is up, it has not finished, it is not silent
-        for longer than `peer_timeout`, and this node's weight is not so small that pushing more
-        would drive its float32 numerator towards underflow (it recovers as neighbours push back)."""
+        """Whether neighbour j takes a share now: its link is up; it has not finished; it is not
+        silent for longer than `peer_timeout`; (async) it has absorbed all but at most
+        `MAX_UNACKED - 1` of the shares already pushed to it, so a slow neighbour is not flooded
+        with this node's mass; and this node's weight is not so small that its float32 numerator
+        would head for underflow (it recovers as neighbours push back)."""
         if not self.transport.is_up(j) or j in self._finished or self.w < 1e-6:
             return False
+        if self.opts.mode == "async":
+            unacked = sum(1 for s in self.share_seqs[j] if s > self.acked.get(j, 0))
+            if unacked >= MAX_UNACKED:
+                return False
         heard = self._heard.get(j)
         return heard is None or time.monotonic() - heard < self.opts.peer_timeout
 
@@ -369,18 +402,6 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def sketch_dtype(dim: int) -> np.dtype:
-    """One row of sketch.bin: the step, the wall time, and the sketch of the de-biased model."""
-    return np.dtype([("step", "<i8"), ("time", "<f8"), ("v", "<f4", (dim,))])
-
-
-def read_sketches(path: Path, dim: int) -> np.ndarray:
-    """All complete rows of a sketch.bin (a torn last row, from a kill mid-write, is ignored)."""
-    dtype = sketch_dtype(dim)
-    raw = path.read_bytes() if path.exists() else b""
-    return np.frombuffer(raw, dtype, count=len(raw) // dtype.itemsize)
 
 
 def _truncate_partial(path: Path, handle: Any, *, newline: bool = False, record: int = 0) -> None:

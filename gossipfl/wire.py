@@ -4,7 +4,7 @@ A frame is::
 
     prefix  16 bytes   magic b"GFL" + protocol version (1 byte), header length (u32 LE),
                        payload length (u64 LE)
-    header  msgpack    {"from", "kind", "inc", "seq", "step", "w", "fin", "paths", "shapes", "dtypes"}
+    header  msgpack    {"from", "kind", "inc", "seq", "step", "w", "fin", "ack", "paths", "shapes", "dtypes"}
     payload raw bytes  the parameter leaves, little-endian, concatenated in `paths` order
     tag     32 bytes   HMAC-SHA256(key, prefix + header + payload)
 
@@ -153,6 +153,7 @@ class Frame:
     leaves: list[np.ndarray]
     nbytes: int = 0
     final: bool = False  # the sender's last frame
+    ack: int = 0  # seq of the receiver's newest frame the sender has absorbed
 
     @property
     def order(self) -> tuple[int, int]:
@@ -170,12 +171,13 @@ def check_key(key: bytes | None) -> bytes:
 
 
 def encode_head(spec: ModelSpec, *, sender: int, incarnation: int, seq: int, step: int, weight: float,
-                kind: str = KIND_PARAMS, final: bool = False) -> bytes:
+                kind: str = KIND_PARAMS, final: bool = False, ack: int = 0) -> bytes:
     """Prefix and msgpack header of a frame whose payload matches `spec`. `final` marks the
-    sender's last frame: it has finished and will push no more."""
+    sender's last frame: it has finished and will push no more. `ack` is the seq of the newest
+    frame from the receiver that the sender has absorbed (flow control)."""
     header = msgpack.packb({
         "from": int(sender), "kind": kind, "inc": int(incarnation), "seq": int(seq), "step": int(step),
-        "w": float(weight), "fin": bool(final), "paths": list(spec.paths),
+        "w": float(weight), "fin": bool(final), "ack": int(ack), "paths": list(spec.paths),
         "shapes": [list(s) for s in spec.shapes], "dtypes": list(spec.dtypes),
     })
     return PREFIX.pack(MAGIC, len(header), spec.nbytes) + header
@@ -262,6 +264,9 @@ def parse_header(raw: bytes, spec: ModelSpec) -> dict[str, Any]:
     kind = _field(header, "kind", str)
     if kind not in KINDS:
         raise BadHeader(f"unknown frame kind {kind!r}")
+    if not isinstance(header.setdefault("ack", 0), int) or isinstance(header["ack"], bool) \
+            or not 0 <= header["ack"] < 2**63:
+        raise BadHeader("header field 'ack' must be an integer in 0..2**63-1")
     for name in ("from", "inc", "seq", "step"):
         value = _field(header, name, int)
         if not 0 <= value < 2**63:
@@ -307,7 +312,8 @@ def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec, header_len
     check_finite(leaves)
     return Frame(sender=header["from"], kind=header["kind"], incarnation=header["inc"], seq=header["seq"],
                  step=header["step"], weight=float(header["w"]), leaves=leaves,
-                 nbytes=PREFIX.size + header_len + len(payload) + TAG_BYTES)
+                 nbytes=PREFIX.size + header_len + len(payload) + TAG_BYTES, final=header.get("fin", False),
+                 ack=header["ack"])
 
 
 def decode_frame(blob: bytes | memoryview, spec: ModelSpec, key: bytes) -> Frame:

@@ -1,9 +1,9 @@
 """What networked nodes compute, built once per process and shared by every node it hosts.
 
 A `Workload` holds the dataset, the model definition, and the jit-compiled functions a node calls:
-`train` (K local steps of the algorithm on the de-biased parameters), `emit` (add this round's
-push-sum shares to the running sums sent to each neighbour) and `absorb` (the mixing step: the
-simulator's `mix_one` kernel over what the mailbox brought). Compiling once per process is what
+`train` (K local steps of the algorithm on the de-biased parameters), `emit` (keep the node's own
+share and add each neighbour's share to the running sum sent to it) and `absorb` (the mixing step:
+the simulator's `mix_one` kernel over what the running sums grew by). Compiling once per process is what
 lets one small machine host many nodes.
 """
 
@@ -159,18 +159,20 @@ class Workload:
             return x, state.opt_state, jnp.mean(losses)
 
         @jax.jit
-        def emit(x: PyTree, sigmas: tuple, shares: jax.Array) -> tuple:
-            return tuple(jax.tree.map(lambda s, a, k=k: s + shares[k] * a, sigma, x)
+        def emit(x: PyTree, keep: jax.Array, sigmas: tuple, shares: jax.Array) -> tuple[PyTree, tuple]:
+            # The node keeps `keep` of its mass and adds share k to neighbour k's running sum.
+            sums = tuple(jax.tree.map(lambda s, a, k=k: s + shares[k] * a, sigma, x)
                          for k, sigma in enumerate(sigmas))
+            return jax.tree.map(lambda a: keep * a, x), sums
 
         @jax.jit
-        def absorb(x: PyTree, keep: jax.Array, rhos: tuple, inbox: tuple) -> PyTree:
+        def absorb(x: PyTree, rhos: tuple, inbox: tuple) -> PyTree:
             # rhos/inbox: per neighbour, the leaves of the running sum absorbed last time and of the
             # newest one received; what the neighbour pushed since is the difference.
             leaves, treedef = jax.tree.flatten(x)
             deltas = [jnp.stack([new[i] - old[i] for old, new in zip(rhos, inbox, strict=True)])
                       for i in range(len(leaves))]
-            mixed = mix_one(leaves, deltas, keep, jnp.ones((len(rhos),), jnp.float32))
+            mixed = mix_one(leaves, deltas, jnp.float32(1), jnp.ones((len(rhos),), jnp.float32))
             return jax.tree.unflatten(treedef, mixed)
 
         @jax.jit
