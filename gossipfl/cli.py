@@ -286,9 +286,11 @@ def node(
     import logging
 
     from .auth import KEY_ENV
+    from .cache import enable_compile_cache
     from .network import load_network, make_nodes, parse_ids, run_nodes
 
     key = _node_key(key_file, insecure)
+    enable_compile_cache()
     net = load_network(topology, overrides={"rounds": rounds} if rounds else None,
                        gossip_overrides=_gossip_overrides(mode, gossip_every))
     if (node_id is None) == (ids is None):

@@ -64,6 +64,14 @@ def _latest_by_step(items: list[tuple[int, Any]]) -> dict[int, Any]:
     return dict(items)
 
 
+FINAL_STEP = -1  # sketch.bin row of the model a node left with, after settling (see gossipfl.node)
+
+
+def _spread(vectors: np.ndarray) -> float:
+    """Consensus distance sqrt(mean_i ||v_i - mean||^2) of stacked (sketched) models."""
+    return float(np.sqrt(np.mean(np.sum((vectors - vectors.mean(axis=0)) ** 2, axis=1))))
+
+
 def collect(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Merges a launch directory's node logs into (summary, records) in the simulator's format.
 
@@ -90,13 +98,14 @@ def collect(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             summaries[node] = json.loads((d / "summary.json").read_text())
     t0 = min((t for s in sketches.values() for t, _ in s.values()), default=0.0)
 
+    finals = {node: per.pop(FINAL_STEP) for node, per in sketches.items() if FINAL_STEP in per}
     by_step: dict[int, dict[str, Any]] = defaultdict(dict)
     for step in sorted({s for per in sketches.values() for s in per}):
         have = [per[step] for per in sketches.values() if step in per]
         if len(have) < 2:
             continue
         v = np.stack([vec for _, vec in have]).astype(np.float64)
-        dist = float(np.sqrt(np.mean(np.sum((v - v.mean(axis=0)) ** 2, axis=1))))
+        dist = _spread(v)
         by_step[step].update(consensus_distance=dist, time=float(np.mean([t for t, _ in have])) - t0,
                              nodes_reporting=len(have))
     for step in sorted({s for per in evals.values() for s in per}):
@@ -133,8 +142,13 @@ def collect(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     }
     if records:
         summary["final"].update(initial_consensus_distance=records[0]["consensus_distance"],
+                                last_step_consensus_distance=records[-1]["consensus_distance"],
                                 consensus_distance=records[-1]["consensus_distance"])
         summary["wall_seconds"] = records[-1]["time"]
+    if len(finals) >= 2:  # the models the nodes left with, after settling
+        summary["final"]["consensus_distance"] = _spread(
+            np.stack([vec for _, vec in finals.values()]).astype(np.float64))
+        summary["wall_seconds"] = max(t for t, _ in finals.values()) - t0
     node_acc = {n: s["accuracy"] for n, s in summaries.items() if s.get("accuracy") is not None}
     if node_acc:
         values = list(node_acc.values())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_dir
 from .errors import DataError, PartitionError
 
 NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
@@ -86,14 +87,23 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
 
 
 def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     ok = not isinstance(test_fraction, bool) and isinstance(test_fraction, (int, float, np.number))
     if not ok or not 0.0 < test_fraction < 1.0:
         raise DataError(
             f"test_fraction {test_fraction!r} is out of range; accepted: 0 < test_fraction < 1"
         )
+    # scikit-learn takes ~2 s to import; node processes load the split it made from the cache.
+    cached = cache_dir() / "datasets" / f"digits-seed{int(seed)}-test{float(test_fraction)!r}.npz"
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return Dataset(name="digits", x_train=z["x_train"], y_train=z["y_train"], x_test=z["x_test"],
+                               y_test=z["y_test"], num_classes=10, input_shape=(8, 8, 1))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: make it again
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
     y = bunch.target.astype(np.int32)
@@ -106,10 +116,23 @@ def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
             f"test_fraction {test_fraction} leaves too few digits for a stratified split; "
             "accepted: a fraction leaving >= 10 examples (one per class) in each split, e.g. 0.2"
         ) from e
+    _save_quietly(cached, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
     return Dataset(
         name="digits", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
         num_classes=10, input_shape=(8, 8, 1),
     )
+
+
+def _save_quietly(path: Path, **arrays: np.ndarray) -> None:
+    """Writes a cache file atomically; a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _parse_synthetic(name: str) -> tuple[int, int]:

@@ -63,7 +63,7 @@ def make_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     *,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     hidden: int = 64,
     dataset: str = "dataset",
 ) -> nnx.Module:

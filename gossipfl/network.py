@@ -126,6 +126,7 @@ def make_nodes(net: Network, ids: list[int], *, key: bytes, out: str | Path, res
                timeouts: Timeouts | None = None, work: Workload | None = None) -> list[Node]:
     """The nodes `ids` of a network, on TCP, sharing one workload (one compiled model) per process."""
     work = work or Workload(net.config, net.topology.graph, net.weights)
+    work.warm_up({net.topology.graph.degree(i) for i in ids})
     out = Path(out)
 
     def tcp(node: int, peers: list[int], spec: Any, deliver: Any) -> TcpTransport:

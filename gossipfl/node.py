@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import trio
 
-from .collect import sketch_dtype
+from .collect import FINAL_STEP, sketch_dtype
 from .errors import ConfigError, GossipError, RunDirError
 from .metrics import finite_or_none
 from .transport import Transport
@@ -57,17 +57,20 @@ class GossipOptions:
     checkpoint_every: int = 100  # steps between checkpoints
     snapshot_every: int = 10  # steps between parameter sketches (consensus distance afterwards)
     step_interval: float = 0.0  # seconds to pause after each tick (0: as fast as it computes)
-    linger: float = 2.0  # seconds to keep serving neighbours after the last step
+    linger: float = 30.0  # after the last step: longest wait for neighbours to finish (mixing meanwhile)
+    settle_rounds: int = 10  # exchanges (no training) once every neighbour has finished, before leaving
     peer_timeout: float = 10.0  # stop pushing to a neighbour silent for this long (until it is heard again)
+    start_timeout: float = 60.0  # longest wait at start for the links to every neighbour
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"unknown gossip mode {self.mode!r}; accepted: {', '.join(MODES)}")
-        for key in ("gossip_every", "checkpoint_every", "snapshot_every"):
+        for key in ("gossip_every", "checkpoint_every", "snapshot_every", "settle_rounds"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("sync_timeout", "step_interval", "linger", "peer_timeout"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (key != "settle_rounds"):
+                raise ConfigError(f"{key} must be a {'non-negative' if key == 'settle_rounds' else 'positive'} "
+                                  f"integer, got {value!r}")
+        for key in ("sync_timeout", "step_interval", "linger", "peer_timeout", "start_timeout"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ConfigError(f"{key} must be a non-negative number of seconds, got {value!r}")
@@ -87,7 +90,8 @@ async def inline(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class Node:
-    """One gossip node. `await node.run()` trains `cfg.rounds` steps, then lingers and returns."""
+    """One gossip node. `await node.run()` trains `cfg.rounds` steps, keeps mixing (no training)
+    until its neighbours have finished too, says goodbye, and returns its summary."""
 
     def __init__(self, node_id: int, work: Workload, opts: GossipOptions, key: bytes, out_dir: str | Path,
                  make_transport: TransportFactory, *, data_file: str | None = None, run_sync: RunSync = in_thread,
@@ -128,6 +132,7 @@ class Node:
         self._absent: set[int] = set()
         self._finished: set[int] = set()  # neighbours that sent their last frame
         self._heard: dict[int, float] = {}  # neighbour -> when its newest frame arrived (monotonic)
+        self._peer_step: dict[int, int] = {}  # neighbour -> step of its newest frame
         self.resumed_from: int | None = None
         self._prepare_dir(resume)
 
@@ -150,6 +155,7 @@ class Node:
         self.last_seen[item.sender] = item.order
         self.mailbox[item.sender] = item
         self._heard[item.sender] = time.monotonic()
+        self._peer_step[item.sender] = item.step
         self.acked[item.sender] = item.ack
         if item.final:
             self._finished.add(item.sender)
@@ -162,49 +168,84 @@ class Node:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.transport.run)
             task_status.started()
-            summary = await self._train()
-            await trio.sleep(self.opts.linger)
+            await self._meet_neighbours()
+            start = time.time()
+            await self._train()
+            await self._settle()
+            await self._push(final=True)
+            summary = await self._finish(time.time() - start)
+            await trio.sleep(0.2)  # time for the goodbye frames to leave
             nursery.cancel_scope.cancel()
         return summary
 
-    async def _train(self) -> dict[str, Any]:
-        start = time.time()
+    async def _meet_neighbours(self) -> None:
+        """Waits (up to `start_timeout`) until a link to every neighbour is up, so that nodes whose
+        processes start a few seconds apart do not take their first steps alone."""
+        with trio.move_on_after(self.opts.start_timeout):
+            while not all(self.transport.is_up(j) for j in self.peers):
+                await trio.sleep(0.05)
+        missing = [j for j in self.peers if not self.transport.is_up(j)]
+        if missing:
+            log.warning("node %d: no link to neighbour(s) %s after %.0f s; starting without them", self.id,
+                        missing, self.opts.start_timeout)
+
+    async def _train(self) -> None:
         steps = self.cfg.rounds
         if self.step == 0:
             await self._record(loss=None, evaluate=True, sketch=True)
         while self.step < steps:
             k = min(self.opts.gossip_every, steps - self.step)
             loss = None
+            if self.opts.mode == "async":
+                # mix in what arrived first, so the local steps act on all the mass the node holds
+                await self._absorb()
             if self.work.learning:
                 pick = self.data.indices[self.rng.integers(0, self.data.indices.size, (k, self.cfg.batch_size))]
                 xs, ys = self.data.dataset.x_train[pick], self.data.dataset.y_train[pick]
                 self.x, self.opt_state, loss = await self.run_sync(
                     self.work.train, self.x, jnp.float32(self.w), self.opt_state, xs, ys)
             self.step += k
-            await self._gossip()
+            if self.opts.mode == "sync":  # the simulator's round: push, wait for the neighbours, mix
+                await self._push()
+                await self._wait_for_round()
+                await self._absorb()
+            else:
+                await self._push()
             last = self.step >= steps
             await self._record(loss=loss, evaluate=last or self.step % self.cfg.eval_every < k,
                                sketch=last or self.step % self.opts.snapshot_every < k)
             if last or self.step % self.opts.checkpoint_every < k:
                 await self.run_sync(write_checkpoint, self.out / "checkpoint.npz", self.checkpoint_arrays())
             await trio.sleep(self.opts.step_interval)
-        return await self._finish(time.time() - start)
 
-    async def _gossip(self) -> None:
-        # Async: mix in what arrived, then push (so the frames carry fresh acks and fresh mass).
-        # Sync: push this round, wait for every neighbour's round, then mix: the simulator's round.
-        if self.opts.mode == "sync":
-            await self._push()
-            await self._wait_for_round()
-            await self._absorb()
-        else:
+    async def _settle(self) -> None:
+        """After the last step: keep mixing, without training, while neighbours are still training
+        (up to `linger` seconds), then `settle_rounds` more exchanges, so the network ends on a
+        common model rather than on whichever local steps each node took last."""
+
+        async def tick() -> None:
+            self._arrived = trio.Event()
+            with trio.move_on_after(0.05):  # pace: mix when something arrives, or every 50 ms
+                await self._arrived.wait()
             await self._absorb()
             await self._push()
 
-    async def _push(self) -> None:
+        with trio.move_on_after(self.opts.linger):
+            while not all(self._peer_done(j) for j in self.peers):
+                await tick()
+        for _ in range(self.opts.settle_rounds):
+            await tick()
+
+    def _peer_done(self, j: int) -> bool:
+        """Neighbour j has finished training, left, or is unreachable."""
+        return (j in self._finished or not self.transport.is_up(j)
+                or self._peer_step.get(j, -1) >= self.cfg.rounds)
+
+    async def _push(self, *, final: bool = False) -> None:
         """Adds each neighbour's share of (x, w) to its running sum and sends the sums. A neighbour
-        that cannot take a share now (see `_pushes_to`) leaves it with this node."""
-        sharing = [j for j in self.peers if self._pushes_to(j)]
+        that cannot take a share now (see `_pushes_to`) leaves it with this node. `final`: the
+        goodbye, which pushes nothing and tells the neighbours to stop pushing here."""
+        sharing = [] if final else [j for j in self.peers if self._pushes_to(j)]
         shares = np.array([self.share_of[j] if j in sharing else 0.0 for j in self.peers], np.float32)
         keep = self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in sharing)
         self.x, sums = await self.run_sync(self.work.emit, self.x, jnp.float32(keep),
@@ -215,7 +256,6 @@ class Node:
             self.sigma_w[j] += self.share_of[j] * self.w
             self.share_seqs[j] = [s for s in self.share_seqs[j] if s > self.acked.get(j, 0)] + [self.seq]
         self.w *= keep
-        final = self.step >= self.cfg.rounds
         for j in self.peers:
             ack = self.absorbed_seq.get(j, 0)
             # a frame goes out when it carries new mass, a new ack, or the goodbye
@@ -292,14 +332,18 @@ class Node:
         self._metrics.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
         self._metrics.flush()
         if sketch:
-            vec = await self.run_sync(self.work.sketch, model)
-            row = np.zeros(1, sketch_dtype(self.work.sketch.dim))
-            row["step"], row["time"], row["v"] = self.step, record["time"], vec
-            self._sketches.write(row.tobytes())
-            self._sketches.flush()
+            await self._write_sketch(self.step, record["time"], model)
+
+    async def _write_sketch(self, step: int, when: float, model: list[np.ndarray]) -> None:
+        vec = await self.run_sync(self.work.sketch, model)
+        row = np.zeros(1, sketch_dtype(self.work.sketch.dim))
+        row["step"], row["time"], row["v"] = step, when, vec
+        self._sketches.write(row.tobytes())
+        self._sketches.flush()
 
     async def _finish(self, seconds: float) -> dict[str, Any]:
         model = self.model()
+        await self._write_sketch(FINAL_STEP, time.time(), model)  # the model it leaves with, after settling
         await self.run_sync(write_checkpoint, self.out / "final.npz",
                             {f"z/{i}": a for i, a in enumerate(model)})
         summary = {"id": self.id, "steps": self.step, "wall_seconds": seconds, "w": self.w,

@@ -113,9 +113,7 @@ class Workload:
         """Node `node`'s starting model: each node initialises its own (seed + id), as real devices do."""
         if not self.learning:
             return jnp.asarray(self._x0[node])
-        model = make_model(self.cfg.model, self.dataset.input_shape, self.dataset.num_classes,
-                           seed=self.cfg.seed + 1 + node, hidden=self.cfg.hidden, dataset=self.dataset.name)
-        return nnx.split(model, nnx.Param)[1]
+        return self._init(jax.random.key(self.cfg.seed + 1 + node))
 
     def node_data(self, node: int, data_file: str | None = None) -> NodeData | None:
         """The node's share of the shared dataset, or all of its own local `.npz` file."""
@@ -140,6 +138,22 @@ class Workload:
 
     def unflatten(self, leaves: list[Any]) -> PyTree:
         return jax.tree.unflatten(self.treedef, [jnp.asarray(x) for x in leaves])
+
+    def warm_up(self, degrees: set[int]) -> None:
+        """Compiles (or loads from the compile cache) every program a node will call, before any
+        node starts, so a node's first steps are not spent compiling while its neighbours gossip."""
+        x = self.initial_params(0)
+        zeros = jax.tree.map(jnp.zeros_like, x)
+        if self.learning:
+            pick = np.zeros((1, self.cfg.batch_size), np.int64)
+            opt_state = self.init_opt(x).opt_state
+            jax.block_until_ready(self.train(x, jnp.float32(1), opt_state, self.dataset.x_train[pick],
+                                             self.dataset.y_train[pick]))
+            jax.block_until_ready(self.evaluate(x, self.dataset.x_test, self.dataset.y_test))
+        leaves = [np.asarray(a) for a in jax.tree.leaves(zeros)]
+        for k in sorted(degrees):
+            jax.block_until_ready(self.emit(x, jnp.float32(1), (zeros,) * k, np.zeros(k, np.float32)))
+            jax.block_until_ready(self.absorb(x, (leaves,) * k, (leaves,) * k))
 
     # ------------------------------------------------------------------ compiled functions
 
@@ -179,6 +193,15 @@ class Workload:
         def evaluate(params: PyTree, x: jax.Array, y: jax.Array):
             return algos.evaluate(self.graphdef, params, x, y)
 
+        cfg, dataset = self.cfg, self.dataset
+
+        @jax.jit
+        def init(key: jax.Array) -> PyTree:  # one compiled program, not one per initializer op
+            model = make_model(cfg.model, dataset.input_shape, dataset.num_classes, seed=key, hidden=cfg.hidden,
+                               dataset=dataset.name)
+            return nnx.split(model, nnx.Param)[1]
+
+        self._init = init if self.learning else None
         self.train, self.emit, self.absorb = train, emit, absorb
         self.evaluate = evaluate if self.learning else None
         self.init_opt = algorithm.init

@@ -6,6 +6,11 @@ import os
 
 # Must happen before anything imports jax; CI sets it too, so this only fills in a default.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The on-disk cache (compiled programs, dataset splits) of this test session, never the user's.
+if "GOSSIPFL_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["GOSSIPFL_CACHE_DIR"] = tempfile.mkdtemp(prefix="gossipfl-test-cache-")
 
 from hypothesis import settings  # noqa: E402
 
