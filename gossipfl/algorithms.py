@@ -18,14 +18,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from .config import ALGORITHMS, OPTIMIZERS  # noqa: F401  (re-exported)
 from .errors import ConfigError
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]
 LossFn = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 
-ALGORITHMS: tuple[str, ...] = ("dpsgd", "consensus", "centralized")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 
 
 class NodeState(NamedTuple):

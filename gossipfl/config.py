@@ -10,12 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .algorithms import ALGORITHMS, OPTIMIZERS
 from .errors import ConfigError
-from .models import MODELS
-from .topology import WEIGHT_RULES
+from .weights import WEIGHT_RULES
 
+# The names configs accept (the modules that implement them import these; this module stays free
+# of JAX so that launching and plotting start fast).
+ALGORITHMS: tuple[str, ...] = ("dpsgd", "consensus", "centralized")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
+MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
+GOSSIP_MODES: tuple[str, ...] = ("async", "sync")
+THREAD_POLICIES: tuple[str, ...] = ("auto", "always", "never")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +75,38 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GossipOptions:
+    """How a networked node gossips: the `[gossip]` table of a topology file, or flags."""
+
+    mode: str = "async"  # async | sync
+    gossip_every: int = 1  # local steps between exchanges
+    sync_timeout: float = 5.0  # sync mode: longest wait for a neighbour's round
+    checkpoint_every: int = 100  # steps between checkpoints
+    snapshot_every: int = 10  # steps between parameter sketches (consensus distance afterwards)
+    step_interval: float = 0.0  # seconds to pause after each tick (0: as fast as it computes)
+    linger: float = 30.0  # after the last step: longest wait for neighbours to finish (mixing meanwhile)
+    settle_rounds: int = 10  # exchanges (no training) once every neighbour has finished, before leaving
+    peer_timeout: float = 10.0  # stop pushing to a neighbour silent for this long (until it is heard again)
+    start_timeout: float = 60.0  # longest wait at start for the links to every neighbour
+    threads: str = "auto"  # JAX work in a worker thread: auto (models >= 1M parameters) | always | never
+
+    def __post_init__(self) -> None:
+        if self.mode not in GOSSIP_MODES:
+            raise ConfigError(f"unknown gossip mode {self.mode!r}; accepted: {', '.join(GOSSIP_MODES)}")
+        if self.threads not in THREAD_POLICIES:
+            raise ConfigError(f"unknown threads setting {self.threads!r}; accepted: {', '.join(THREAD_POLICIES)}")
+        for key in ("gossip_every", "checkpoint_every", "snapshot_every", "settle_rounds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (key != "settle_rounds"):
+                raise ConfigError(f"{key} must be a {'non-negative' if key == 'settle_rounds' else 'positive'} "
+                                  f"integer, got {value!r}")
+        for key in ("sync_timeout", "step_interval", "linger", "peer_timeout", "start_timeout"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"{key} must be a non-negative number of seconds, got {value!r}")
 
 
 def config_keys() -> tuple[str, ...]:

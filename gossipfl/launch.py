@@ -202,7 +202,7 @@ def finalize(out: Path, net: Network) -> dict[str, Any]:
         work = Workload(net.config, net.topology.graph, net.weights)
         mean = [np.mean(np.stack(leaves), axis=0) for leaves in zip(*finals, strict=True)]
         if work.evaluate is not None:
-            loss, acc = work.evaluate(work.unflatten(mean), work.dataset.x_test, work.dataset.y_test)
+            loss, acc = work.evaluate(mean, work.dataset.x_test, work.dataset.y_test)
             summary["final"].update(accuracy=float(acc), loss=float(loss), averaged_over=len(finals))
             if records:
                 records[-1]["averaged_model_accuracy"] = float(acc)

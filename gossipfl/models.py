@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .config import MODELS  # noqa: F401  (re-exported)
 from .errors import ModelError
-
-MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 
 
 def _flatten(x: jax.Array) -> jax.Array:

@@ -14,16 +14,16 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
-
-from .config import SimConfig, load_config, make_config
+from .config import GossipOptions, SimConfig, load_config, make_config
 from .errors import ConfigError, TopologyError
-from .node import GossipOptions, Node
 from .topofile import TopologyFile, load_topology_file, resolve_weights
-from .transport import TcpTransport, Timeouts
-from .workload import Workload
+
+if TYPE_CHECKING:  # the node runtime needs JAX; loading a network for `launch` does not
+    from .node import Node
+    from .transport import Timeouts
+    from .workload import Workload
 
 log = logging.getLogger("gossipfl.network")
 
@@ -125,6 +125,10 @@ def parse_ids(text: str, size: int) -> list[int]:
 def make_nodes(net: Network, ids: list[int], *, key: bytes, out: str | Path, resume: bool = True,
                timeouts: Timeouts | None = None, work: Workload | None = None) -> list[Node]:
     """The nodes `ids` of a network, on TCP, sharing one workload (one compiled model) per process."""
+    from .node import Node
+    from .transport import TcpTransport
+    from .workload import Workload
+
     work = work or Workload(net.config, net.topology.graph, net.weights)
     work.warm_up({net.topology.graph.degree(i) for i in ids})
     out = Path(out)
@@ -139,6 +143,8 @@ def make_nodes(net: Network, ids: list[int], *, key: bytes, out: str | Path, res
 
 def run_nodes(nodes: list[Node]) -> list[dict[str, Any]]:
     """Runs nodes in this process (one trio loop, one JAX runtime) until all have finished."""
+    import trio
+
     summaries: dict[int, dict[str, Any]] = {}
 
     async def one(node: Node) -> None:

@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import trio
 
 from .collect import FINAL_STEP, sketch_dtype
-from .errors import ConfigError, GossipError, RunDirError
+from .config import GossipOptions
+from .errors import GossipError, RunDirError
 from .metrics import finite_or_none
 from .transport import Transport
 from .wire import FrameError, Stale, UnknownSender, encode_head, payload_views
@@ -42,38 +41,12 @@ from .workload import Workload
 
 log = logging.getLogger("gossipfl.node")
 
-MODES = ("async", "sync")
+# Below this many parameters a compiled step takes well under a millisecond, less than handing it
+# to a worker thread and back costs (measured: 4 nodes of the 4,810-parameter MLP ran 6x faster
+# inline), so "auto" runs such models on the event loop and larger ones in a thread.
+THREAD_MIN_PARAMETERS = 1_000_000
 MAX_UNACKED = 2  # async: shares in flight per link before a node keeps the next one
 TransportFactory = Callable[[int, list[int], Any, Callable[[Any], None]], Transport]
-
-
-@dataclass(frozen=True, kw_only=True)
-class GossipOptions:
-    """How a node gossips; the `[gossip]` table of a topology file, or flags."""
-
-    mode: str = "async"  # async | sync
-    gossip_every: int = 1  # local steps between exchanges
-    sync_timeout: float = 5.0  # sync mode: longest wait for a neighbour's round
-    checkpoint_every: int = 100  # steps between checkpoints
-    snapshot_every: int = 10  # steps between parameter sketches (consensus distance afterwards)
-    step_interval: float = 0.0  # seconds to pause after each tick (0: as fast as it computes)
-    linger: float = 30.0  # after the last step: longest wait for neighbours to finish (mixing meanwhile)
-    settle_rounds: int = 10  # exchanges (no training) once every neighbour has finished, before leaving
-    peer_timeout: float = 10.0  # stop pushing to a neighbour silent for this long (until it is heard again)
-    start_timeout: float = 60.0  # longest wait at start for the links to every neighbour
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown gossip mode {self.mode!r}; accepted: {', '.join(MODES)}")
-        for key in ("gossip_every", "checkpoint_every", "snapshot_every", "settle_rounds"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (key != "settle_rounds"):
-                raise ConfigError(f"{key} must be a {'non-negative' if key == 'settle_rounds' else 'positive'} "
-                                  f"integer, got {value!r}")
-        for key in ("sync_timeout", "step_interval", "linger", "peer_timeout", "start_timeout"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ConfigError(f"{key} must be a non-negative number of seconds, got {value!r}")
 
 
 RunSync = Callable[..., Awaitable[Any]]
@@ -85,7 +58,7 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def inline(fn: Callable[..., Any], *args: Any) -> Any:
-    """Runs work on the event loop itself (deterministic tests under trio's MockClock)."""
+    """Runs work on the event loop itself: for small models, and deterministic tests under MockClock."""
     return fn(*args)
 
 
@@ -94,7 +67,7 @@ class Node:
     until its neighbours have finished too, says goodbye, and returns its summary."""
 
     def __init__(self, node_id: int, work: Workload, opts: GossipOptions, key: bytes, out_dir: str | Path,
-                 make_transport: TransportFactory, *, data_file: str | None = None, run_sync: RunSync = in_thread,
+                 make_transport: TransportFactory, *, data_file: str | None = None, run_sync: RunSync | None = None,
                  resume: bool = True) -> None:
         self.id = node_id
         self.work = work
@@ -102,18 +75,20 @@ class Node:
         self.opts = opts
         self.key = key
         self.out = Path(out_dir)
-        self.run_sync = run_sync
+        threaded = opts.threads == "always" or (opts.threads == "auto"
+                                                 and work.parameters >= THREAD_MIN_PARAMETERS)
+        self.run_sync = run_sync or (in_thread if threaded else inline)
         self.keep_weight, self.share_of = work.shares(node_id)
         self.peers = sorted(self.share_of)
         self.transport = make_transport(node_id, self.peers, work.spec, self.deliver)
         self.data = work.node_data(node_id, data_file)
         self.rng = np.random.default_rng([self.cfg.seed, node_id, 7])
         # push-sum state: x (numerator), w (weight); running sums out (sigma) and absorbed (rho)
-        self.x = work.initial_params(node_id)
+        self.x = work.initial_params(node_id)  # flat leaves, in the order of work.spec
         self.w = 1.0
-        self.opt_state = work.init_opt(self.x).opt_state
-        zeros = [np.zeros(s, d) for s, d in zip(work.spec.shapes, work.spec.dtypes, strict=True)]
-        self.sigma = {j: work.unflatten(zeros) for j in self.peers}
+        self.opt_state = work.init_opt(self.x)
+        zeros = work.zeros()
+        self.sigma = {j: list(zeros) for j in self.peers}
         self.sigma_w = dict.fromkeys(self.peers, 0.0)
         self.rho = {j: list(zeros) for j in self.peers}
         self.rho_w = dict.fromkeys(self.peers, 0.0)
@@ -203,7 +178,7 @@ class Node:
                 pick = self.data.indices[self.rng.integers(0, self.data.indices.size, (k, self.cfg.batch_size))]
                 xs, ys = self.data.dataset.x_train[pick], self.data.dataset.y_train[pick]
                 self.x, self.opt_state, loss = await self.run_sync(
-                    self.work.train, self.x, jnp.float32(self.w), self.opt_state, xs, ys)
+                    self.work.train, self.x, np.float32(self.w), self.opt_state, xs, ys)
             self.step += k
             if self.opts.mode == "sync":  # the simulator's round: push, wait for the neighbours, mix
                 await self._push()
@@ -248,8 +223,8 @@ class Node:
         sharing = [] if final else [j for j in self.peers if self._pushes_to(j)]
         shares = np.array([self.share_of[j] if j in sharing else 0.0 for j in self.peers], np.float32)
         keep = self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in sharing)
-        self.x, sums = await self.run_sync(self.work.emit, self.x, jnp.float32(keep),
-                                           tuple(self.sigma[j] for j in self.peers), shares)
+        self.x, sums = await self.run_sync(self.work.emit, self.x, np.float32(keep),
+                                           [self.sigma[j] for j in self.peers], shares)
         self.sigma = dict(zip(self.peers, sums, strict=True))
         self.seq += 1
         for j in sharing:
@@ -263,7 +238,7 @@ class Node:
                 continue
             head = encode_head(self.work.spec, sender=self.id, incarnation=self.incarnation, seq=self.seq,
                                step=self.step, weight=self.sigma_w[j], final=final, ack=ack)
-            if self.transport.send(j, head, payload_views(self.work.flatten(self.sigma[j]))):
+            if self.transport.send(j, head, payload_views(self.sigma[j])):
                 self._sent_ack[j] = ack
 
     async def _absorb(self) -> None:
@@ -271,8 +246,8 @@ class Node:
         frames, self.mailbox = self.mailbox, {}
         if not frames:
             return
-        inbox = tuple(frames[j].leaves if j in frames else self.rho[j] for j in self.peers)
-        self.x = await self.run_sync(self.work.absorb, self.x, tuple(self.rho[j] for j in self.peers), inbox)
+        inbox = [frames[j].leaves if j in frames else self.rho[j] for j in self.peers]
+        self.x = await self.run_sync(self.work.absorb, self.x, [self.rho[j] for j in self.peers], inbox)
         for j, frame in frames.items():
             self.w += frame.weight - self.rho_w[j]
             self.rho[j], self.rho_w[j] = frame.leaves, frame.weight
@@ -312,7 +287,7 @@ class Node:
 
     def model(self) -> Any:
         """The de-biased model z = x / w this node would deploy."""
-        return [np.asarray(a) / self.w for a in self.work.flatten(self.x)]
+        return [np.asarray(a) / self.w for a in self.x]
 
     def counters(self) -> dict[str, Any]:
         stats = self.transport.stats
@@ -327,7 +302,7 @@ class Node:
         model = self.model()
         if evaluate and self.work.evaluate is not None:
             test_loss, acc = await self.run_sync(
-                self.work.evaluate, self.work.unflatten(model), self.work.dataset.x_test, self.work.dataset.y_test)
+                self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
             record.update(test_loss=float(test_loss), accuracy=float(acc))
         self._metrics.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
         self._metrics.flush()
@@ -350,7 +325,7 @@ class Node:
                    "resumed_from": self.resumed_from, **self.counters()}
         if self.work.evaluate is not None:
             test_loss, acc = await self.run_sync(
-                self.work.evaluate, self.work.unflatten(model), self.work.dataset.x_test, self.work.dataset.y_test)
+                self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
             summary.update(accuracy=float(acc), test_loss=float(test_loss))
         _write_json(self.out / "summary.json", summary)
         self._metrics.close()
@@ -388,13 +363,13 @@ class Node:
         """The node's whole state as named arrays, taken on the event loop (so no frame arriving
         meanwhile can change it half-way); `write_checkpoint` then writes it in a thread."""
         arrays: dict[str, np.ndarray] = {}
-        for i, a in enumerate(self.work.flatten(self.x)):
-            arrays[f"x/{i}"] = a
-        for i, a in enumerate(self.work.flatten(self.opt_state)):
-            arrays[f"opt/{i}"] = a
+        for i, a in enumerate(self.x):
+            arrays[f"x/{i}"] = np.asarray(a)
+        for i, a in enumerate(self.opt_state):
+            arrays[f"opt/{i}"] = np.asarray(a)
         for j in self.peers:
-            for i, a in enumerate(self.work.flatten(self.sigma[j])):
-                arrays[f"sigma/{j}/{i}"] = a
+            for i, a in enumerate(self.sigma[j]):
+                arrays[f"sigma/{j}/{i}"] = np.asarray(a)
             for i, a in enumerate(self.rho[j]):
                 arrays[f"rho/{j}/{i}"] = np.asarray(a)
         meta = {"step": self.step, "seq": self.seq, "w": self.w, "sigma_w": self.sigma_w, "rho_w": self.rho_w,
@@ -417,12 +392,10 @@ class Node:
             x = leaves("x", n_leaves)
             if [a.shape for a in x] != list(self.work.spec.shapes):
                 raise GossipError("its parameter shapes differ from this model's")
-            self.x = self.work.unflatten(x)
-            n_opt = len(self.work.flatten(self.opt_state))
-            self.opt_state = jax.tree.unflatten(jax.tree.structure(self.opt_state),
-                                                [jnp.asarray(a) for a in leaves("opt", n_opt)])
+            self.x = [jnp.asarray(a) for a in x]
+            self.opt_state = [jnp.asarray(a) for a in leaves("opt", len(self.opt_state))]
             for j in self.peers:
-                self.sigma[j] = self.work.unflatten(leaves(f"sigma/{j}", n_leaves))
+                self.sigma[j] = [jnp.asarray(a) for a in leaves(f"sigma/{j}", n_leaves)]
                 self.rho[j] = leaves(f"rho/{j}", n_leaves)
             self.step, self.seq, self.w = int(meta["step"]), int(meta["seq"]), float(meta["w"])
             self.sigma_w = {int(k): float(v) for k, v in meta["sigma_w"].items()}

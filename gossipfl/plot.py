@@ -7,8 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .collect import collect, is_launch_dir
 from .errors import GossipError, RunDirError
 from .metrics import load_run
+
+
+def _load(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """A run's (summary, records); a launch directory whose launch did not finish (no merged
+    metrics.jsonl yet) is read from its nodes' logs."""
+    if not (Path(run_dir) / "metrics.jsonl").is_file() and is_launch_dir(run_dir):
+        return collect(run_dir)
+    return load_run(run_dir)
 
 
 def _label(run_dir: Path, summary: dict) -> str:
@@ -33,14 +42,13 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
       GossipError: if a directory is not a run or no run has any records.
     """
     # The Figure API draws off-screen without pyplot's global state or a GUI backend.
-    from matplotlib import rcParams
     from matplotlib.figure import Figure
 
     if not run_dirs:
         raise GossipError("no run directories given; pass one or more, e.g. gossipfl plot runs/a runs/b")
     runs = []
     for d in run_dirs:
-        summary, records = load_run(d)
+        summary, records = _load(d)
         if not records:
             raise GossipError(f"run {str(d)!r} has no records yet")
         runs.append((Path(d), summary, records))
@@ -49,58 +57,14 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     if len(set(labels)) < len(labels):  # same settings: tell the runs apart by directory
         labels = [f"{d.name}: {label}" for (d, _, _), label in zip(runs, labels, strict=True)]
 
-    fig = Figure(figsize=(13 if learning else 7.5, 5))
-    axes = fig.subplots(1, 2 if learning else 1, squeeze=False)
-    ax_c = axes[0, 0]
-    colors = rcParams["axes.prop_cycle"].by_key()["color"]
-    floor = np.inf
-    for i, (_, summary, records) in enumerate(runs):
-        color = colors[i % len(colors)]
-        rounds = np.array([r["round"] for r in records])
-        dist = np.array([_num(r["consensus_distance"]) for r in records], dtype=float)
-        label = labels[i]
-        positive = np.isfinite(dist) & (dist > 0)
-        if not positive.any():  # a single model (the centralized reference) has no spread
-            continue
-        ax_c.plot(rounds[positive], dist[positive], color=color, lw=1.8, label=label)
-        if positive.any():
-            floor = min(floor, dist[positive].min())
-        slem = summary.get("predicted_rate")
-        if slem is not None and dist[0] > 0 and 0 < slem < 1:
-            predicted = dist[0] * slem ** rounds.astype(float)
-            keep = predicted >= dist[positive].min() / 10
-            measured = summary.get("measured_rate")
-            tag = f"predicted λ^t, λ={slem:.4f}" + (f" (measured {measured:.4f})" if measured else "")
-            ax_c.plot(rounds[keep], predicted[keep], color=color, ls="--", lw=1.2, label=tag)
-    ax_c.set_yscale("log")
-    if np.isfinite(floor):
-        ax_c.set_ylim(bottom=floor / 3)
-    ax_c.set_xlabel("round")
-    ax_c.set_ylabel("consensus distance  sqrt(mean_i ||x_i − x̄||²)")
-    ax_c.set_title("Consensus")
-    ax_c.grid(True, which="both", alpha=0.3)
-    if ax_c.get_legend_handles_labels()[0]:
-        ax_c.legend(fontsize=8)
-
-    if learning:
-        ax_a = axes[0, 1]
-        for i, (_, summary, records) in enumerate(runs):
-            evals = [r for r in records if "accuracy" in r]
-            if not evals:
-                continue
-            color = colors[i % len(colors)]
-            rounds = np.array([r["round"] for r in evals])
-            ax_a.plot(rounds, [100 * _num(r["accuracy"]) for r in evals], color=color, lw=1.8,
-                      label=f"{labels[i]}: averaged model")
-            if "node_accuracy_min" in evals[0] and summary.get("config", {}).get("algorithm") != "centralized":
-                lo = [100 * _num(r["node_accuracy_min"]) for r in evals]
-                hi = [100 * _num(r["node_accuracy_max"]) for r in evals]
-                ax_a.fill_between(rounds, lo, hi, color=color, alpha=0.15, label="node accuracy min–max")
-        ax_a.set_xlabel("round")
-        ax_a.set_ylabel("test accuracy (%)")
-        ax_a.set_title("Learning")
-        ax_a.grid(True, alpha=0.3)
-        ax_a.legend(fontsize=8, loc="lower right")
+    timed = any(any("time" in r for r in recs) for _, _, recs in runs)  # networked runs: also vs wall time
+    xkeys = ["round", "time"] if timed else ["round"]
+    fig = Figure(figsize=(13 if learning else 7.5, 5 * len(xkeys)))
+    axes = fig.subplots(len(xkeys), 2 if learning else 1, squeeze=False)
+    for row, xkey in enumerate(xkeys):
+        _draw_consensus(axes[row, 0], runs, labels, xkey)
+        if learning:
+            _draw_accuracy(axes[row, 1], runs, labels, xkey)
 
     if title:
         fig.suptitle(title)
@@ -114,6 +78,75 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     except OSError as e:
         raise RunDirError(f"cannot write the plot to {str(out)!r}: {e.strerror or e}") from None
     return out
+
+
+_XLABEL = {"round": "round (networked runs: local step)", "time": "wall time (s)"}
+
+
+def _colors() -> list[str]:
+    from matplotlib import rcParams
+
+    return rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _draw_consensus(ax, runs: list, labels: list[str], xkey: str) -> None:
+    colors = _colors()
+    floor = np.inf
+    for i, (_, summary, records) in enumerate(runs):
+        records = [r for r in records if xkey in r]
+        if not records:
+            continue
+        color = colors[i % len(colors)]
+        xs = np.array([r[xkey] for r in records], dtype=float)
+        dist = np.array([_num(r["consensus_distance"]) for r in records], dtype=float)
+        positive = np.isfinite(dist) & (dist > 0)
+        if not positive.any():  # a single model (the centralized reference) has no spread
+            continue
+        ax.plot(xs[positive], dist[positive], color=color, lw=1.8, label=labels[i])
+        floor = min(floor, dist[positive].min())
+        slem = summary.get("predicted_rate")
+        if xkey == "round" and slem is not None and dist[0] > 0 and 0 < slem < 1:
+            predicted = dist[0] * slem ** xs
+            keep = predicted >= dist[positive].min() / 10
+            measured = summary.get("measured_rate")
+            tag = f"predicted λ^t, λ={slem:.4f}" + (f" (measured {measured:.4f})" if measured else "")
+            ax.plot(xs[keep], predicted[keep], color=color, ls="--", lw=1.2, label=tag)
+        settled = summary.get("final", {}).get("consensus_distance") if summary.get("networked") else None
+        if settled:
+            ax.scatter([xs[-1]], [settled], color=color, marker="v", zorder=3,
+                       label=f"after settling: {settled:.2e}")
+            floor = min(floor, settled)
+    ax.set_yscale("log")
+    if np.isfinite(floor):
+        ax.set_ylim(bottom=floor / 3)
+    ax.set_xlabel(_XLABEL[xkey])
+    ax.set_ylabel("consensus distance  sqrt(mean_i ||x_i − x̄||²)")
+    ax.set_title("Consensus")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _draw_accuracy(ax, runs: list, labels: list[str], xkey: str) -> None:
+    colors = _colors()
+    for i, (_, summary, records) in enumerate(runs):
+        evals = [r for r in records if "accuracy" in r and xkey in r]
+        if not evals:
+            continue
+        color = colors[i % len(colors)]
+        xs = np.array([r[xkey] for r in evals])
+        what = summary.get("accuracy_label", "averaged model")
+        ax.plot(xs, [100 * _num(r["accuracy"]) for r in evals], color=color, lw=1.8, label=f"{labels[i]}: {what}")
+        if "node_accuracy_min" in evals[0] and summary.get("config", {}).get("algorithm") != "centralized":
+            lo = [100 * _num(r["node_accuracy_min"]) for r in evals]
+            hi = [100 * _num(r["node_accuracy_max"]) for r in evals]
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15, label="node accuracy min–max")
+    ax.set_xlabel(_XLABEL[xkey])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Learning")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
 
 
 def _num(value: float | None) -> float:

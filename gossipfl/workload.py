@@ -29,6 +29,7 @@ from .topology import mixing_matrix
 from .wire import ModelSpec
 
 PyTree = Any
+Leaves = list[Any]  # a pytree's leaves, in the order of the workload's ModelSpec
 NETWORK_ALGORITHMS = ("dpsgd", "consensus")
 SKETCH_DIM = 4096
 
@@ -100,6 +101,7 @@ class Workload:
             # the simulator's initial vectors, so a networked run starts where a simulated one does
             self._x0 = np.asarray(jax.random.normal(init_key, (self.n, cfg.dim), jnp.float32))
             template = jnp.zeros((cfg.dim,), jnp.float32)
+        self._template = template
         self.treedef = jax.tree.structure(template)
         leaves = jax.tree.leaves(template)
         self.spec = ModelSpec.of(leaves, leaf_paths(template))
@@ -108,11 +110,13 @@ class Workload:
         self._compile()
 
     # ------------------------------------------------------------------ per node
+    # A node holds its model, optimizer state and running sums as flat lists of leaves (the order
+    # of `spec`); the compiled functions rebuild the pytrees inside jit, where it costs nothing.
 
-    def initial_params(self, node: int) -> PyTree:
+    def initial_params(self, node: int) -> Leaves:
         """Node `node`'s starting model: each node initialises its own (seed + id), as real devices do."""
         if not self.learning:
-            return jnp.asarray(self._x0[node])
+            return [jnp.asarray(self._x0[node])]
         return self._init(jax.random.key(self.cfg.seed + 1 + node))
 
     def node_data(self, node: int, data_file: str | None = None) -> NodeData | None:
@@ -133,75 +137,72 @@ class Workload:
         nbrs = sorted(self.graph.neighbors(node))
         return float(self.W[node, node]), {j: float(self.W[j, node]) for j in nbrs}
 
-    def flatten(self, tree: PyTree) -> list[np.ndarray]:
-        return [np.asarray(x) for x in jax.tree.leaves(tree)]
-
-    def unflatten(self, leaves: list[Any]) -> PyTree:
-        return jax.tree.unflatten(self.treedef, [jnp.asarray(x) for x in leaves])
+    def zeros(self) -> list[np.ndarray]:
+        return [np.zeros(s, d) for s, d in zip(self.spec.shapes, self.spec.dtypes, strict=True)]
 
     def warm_up(self, degrees: set[int]) -> None:
         """Compiles (or loads from the compile cache) every program a node will call, before any
         node starts, so a node's first steps are not spent compiling while its neighbours gossip."""
         x = self.initial_params(0)
-        zeros = jax.tree.map(jnp.zeros_like, x)
+        zeros = self.zeros()
         if self.learning:
             pick = np.zeros((1, self.cfg.batch_size), np.int64)
-            opt_state = self.init_opt(x).opt_state
-            jax.block_until_ready(self.train(x, jnp.float32(1), opt_state, self.dataset.x_train[pick],
+            jax.block_until_ready(self.train(x, np.float32(1), self.init_opt(x), self.dataset.x_train[pick],
                                              self.dataset.y_train[pick]))
             jax.block_until_ready(self.evaluate(x, self.dataset.x_test, self.dataset.y_test))
-        leaves = [np.asarray(a) for a in jax.tree.leaves(zeros)]
         for k in sorted(degrees):
-            jax.block_until_ready(self.emit(x, jnp.float32(1), (zeros,) * k, np.zeros(k, np.float32)))
-            jax.block_until_ready(self.absorb(x, (leaves,) * k, (leaves,) * k))
+            jax.block_until_ready(self.emit(x, np.float32(1), [zeros] * k, np.zeros(k, np.float32)))
+            jax.block_until_ready(self.absorb(x, [zeros] * k, [zeros] * k))
 
     # ------------------------------------------------------------------ compiled functions
 
     def _compile(self) -> None:
-        algorithm = self.algorithm
+        algorithm, treedef = self.algorithm, self.treedef
+        opt_treedef = jax.tree.structure(jax.eval_shape(lambda: algorithm.init(self._template).opt_state))
+
+        def tree(leaves: Leaves) -> PyTree:
+            return jax.tree.unflatten(treedef, leaves)
 
         @jax.jit
-        def train(x: PyTree, w: jax.Array, opt_state: PyTree, xs: jax.Array, ys: jax.Array):
+        def init_opt(x: Leaves) -> Leaves:
+            return jax.tree.leaves(algorithm.init(tree(x)).opt_state)
+
+        @jax.jit
+        def train(x: Leaves, w: jax.Array, opt: Leaves, xs: jax.Array, ys: jax.Array):
             # Push-sum: the model is z = x / w; the local steps move z, and x follows (x = w z).
-            z = jax.tree.map(lambda a: a / w, x)
-
-            def step(state, batch):
-                return algorithm.local_update(state, batch)
-
-            state, losses = jax.lax.scan(step, algos.NodeState(z, opt_state), (xs, ys))
-            x = jax.tree.map(lambda a, new, old: a + (new - old) * w, x, state.params, z)
-            return x, state.opt_state, jnp.mean(losses)
+            z = [a / w for a in x]
+            state = algos.NodeState(tree(z), jax.tree.unflatten(opt_treedef, opt))
+            state, losses = jax.lax.scan(algorithm.local_update, state, (xs, ys))
+            new = jax.tree.leaves(state.params)
+            return ([a + (n - o) * w for a, n, o in zip(x, new, z, strict=True)],
+                    jax.tree.leaves(state.opt_state), jnp.mean(losses))
 
         @jax.jit
-        def emit(x: PyTree, keep: jax.Array, sigmas: tuple, shares: jax.Array) -> tuple[PyTree, tuple]:
+        def emit(x: Leaves, keep: jax.Array, sigmas: list[Leaves], shares: jax.Array):
             # The node keeps `keep` of its mass and adds share k to neighbour k's running sum.
-            sums = tuple(jax.tree.map(lambda s, a, k=k: s + shares[k] * a, sigma, x)
-                         for k, sigma in enumerate(sigmas))
-            return jax.tree.map(lambda a: keep * a, x), sums
+            sums = [[s + shares[k] * a for s, a in zip(sigma, x, strict=True)] for k, sigma in enumerate(sigmas)]
+            return [keep * a for a in x], sums
 
         @jax.jit
-        def absorb(x: PyTree, rhos: tuple, inbox: tuple) -> PyTree:
-            # rhos/inbox: per neighbour, the leaves of the running sum absorbed last time and of the
-            # newest one received; what the neighbour pushed since is the difference.
-            leaves, treedef = jax.tree.flatten(x)
+        def absorb(x: Leaves, rhos: list[Leaves], inbox: list[Leaves]) -> Leaves:
+            # rhos/inbox: per neighbour, the running sum absorbed last time and the newest one
+            # received; what the neighbour pushed since is the difference.
             deltas = [jnp.stack([new[i] - old[i] for old, new in zip(rhos, inbox, strict=True)])
-                      for i in range(len(leaves))]
-            mixed = mix_one(leaves, deltas, jnp.float32(1), jnp.ones((len(rhos),), jnp.float32))
-            return jax.tree.unflatten(treedef, mixed)
+                      for i in range(len(x))]
+            return mix_one(x, deltas, jnp.float32(1), jnp.ones((len(rhos),), jnp.float32))
 
         @jax.jit
-        def evaluate(params: PyTree, x: jax.Array, y: jax.Array):
-            return algos.evaluate(self.graphdef, params, x, y)
+        def evaluate(params: Leaves, x: jax.Array, y: jax.Array):
+            return algos.evaluate(self.graphdef, tree(params), x, y)
 
         cfg, dataset = self.cfg, self.dataset
 
         @jax.jit
-        def init(key: jax.Array) -> PyTree:  # one compiled program, not one per initializer op
+        def init(key: jax.Array) -> Leaves:  # one compiled program, not one per initializer op
             model = make_model(cfg.model, dataset.input_shape, dataset.num_classes, seed=key, hidden=cfg.hidden,
                                dataset=dataset.name)
-            return nnx.split(model, nnx.Param)[1]
+            return jax.tree.leaves(nnx.split(model, nnx.Param)[1])
 
         self._init = init if self.learning else None
-        self.train, self.emit, self.absorb = train, emit, absorb
+        self.train, self.emit, self.absorb, self.init_opt = train, emit, absorb, init_opt
         self.evaluate = evaluate if self.learning else None
-        self.init_opt = algorithm.init

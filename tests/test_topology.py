@@ -579,7 +579,7 @@ def test_file_names_are_reexported_from_topology() -> None:
                  "TOPOLOGY_FILE_KEYS", "NODE_KEYS"]:
         assert getattr(topology, name) is getattr(topofile, name)
         assert name in topology.__all__
-    assert NODE_KEYS == ("id", "host", "port")
+    assert NODE_KEYS == ("id", "host", "port", "data")
 
 
 def test_topofile_imports_first_without_a_cycle() -> None:
