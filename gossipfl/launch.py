@@ -40,6 +40,7 @@ class ProcessPlan:
     ids: list[int]
     argv: list[str]
     stdin_key: bool = False  # ssh: the key goes to the remote command's standard input
+    fetch: list[list[str]] = field(default_factory=list)  # ssh: commands that copy the node dirs back
     log: Path | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -90,8 +91,10 @@ def plan(net: Network, topology: str, out: Path, *, processes: int | None = None
             remote = ["gossipfl", "node", "--topology", topology, "--ids", id_spec(ids), "--out", str(out),
                       "--key-file", "-", *node_args]
             command = f"cd {shlex.quote(remote_dir)} && {shlex.join(remote)}"
+            fetch = [["scp", "-r", "-q", "-o", "BatchMode=yes", f"{host}:{remote_dir}/{out}/node-{i}", str(out)]
+                     for i in ids]
             plans.append(ProcessPlan(host=host, ids=ids, argv=["ssh", "-o", "BatchMode=yes", host, command],
-                                     stdin_key=True))
+                                     stdin_key=True, fetch=fetch))
     if not ssh and any(not is_loopback(p.host) for p in plans):
         hosts = sorted({p.host for p in plans if not is_loopback(p.host)})
         raise GossipError(f"nodes on {', '.join(hosts)} are not on this machine; pass --ssh to start them over SSH "
@@ -108,6 +111,8 @@ def dry_run_lines(plans: list[ProcessPlan], key_file: str | None) -> list[str]:
         if p.stdin_key:
             line += f" < {shlex.quote(key_file or '$GOSSIPFL_KEY_FILE')}"
         lines.append(line)
+    for p in plans:  # afterwards, the remote node directories are copied back
+        lines.extend(shlex.join(cmd) for cmd in p.fetch)
     return lines
 
 
@@ -156,6 +161,10 @@ def run(plans: list[ProcessPlan], out: Path, *, key: str, progress: ProgressFn |
     except KeyboardInterrupt:
         _stop(plans, grace)
         raise
+    for p in plans:
+        for cmd in p.fetch:
+            with p.log.open("ab") as log:
+                subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600)
     return [(p, p.proc.returncode) for p in plans if p.proc.returncode != 0]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import GossipOptions, SimConfig, load_config, make_config
-from .errors import ConfigError, TopologyError
+from .errors import ConfigError, GossipError, TopologyError
 from .topofile import TopologyFile, load_topology_file, resolve_weights
 
 if TYPE_CHECKING:  # the node runtime needs JAX; loading a network for `launch` does not
@@ -156,5 +156,11 @@ def run_nodes(nodes: list[Node]) -> list[dict[str, Any]]:
             for node in nodes:
                 nursery.start_soon(one, node)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # several nodes failed at once: report the first clear error
+        first = next((e for e in group.exceptions if isinstance(e, GossipError)), None)
+        if first is None:
+            raise
+        raise first from None
     return [summaries[n.id] for n in nodes]

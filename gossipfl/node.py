@@ -149,7 +149,8 @@ class Node:
             await self._settle()
             await self._push(final=True)
             summary = await self._finish(time.time() - start)
-            await trio.sleep(0.2)  # time for the goodbye frames to leave
+            with trio.move_on_after(2.0):  # let the goodbye frames leave whole
+                await self.transport.drain()
             nursery.cancel_scope.cancel()
         return summary
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from .errors import GossipError
 from .wire import (
     CHUNK_BYTES,
     FrameError,
@@ -94,6 +95,8 @@ class Transport(ABC):
         self.key = key
         self._deliver = deliver
         self.stats = LinkStats()
+        self._outboxes: dict[int, _Outbox] = {}
+        self._writing = 0  # frames being written right now
 
     @abstractmethod
     def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool: ...
@@ -103,6 +106,12 @@ class Transport(ABC):
 
     @abstractmethod
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def drain(self) -> None:
+        """Waits until every queued frame has gone out (the caller bounds the wait with a timeout),
+        so that stopping right after does not cut a frame in half."""
+        while self._writing or any(o.frame is not None for o in self._outboxes.values()):
+            await trio.sleep(0.01)
 
     def _received(self, result: Any) -> None:
         """Counts a frame (or refusal) and hands it to the node."""
@@ -165,7 +174,11 @@ class TcpTransport(Transport):
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             host, port = self.listen
-            listeners = await nursery.start(partial(trio.serve_tcp, self._serve_connection, port, host=host))
+            try:
+                listeners = await nursery.start(partial(trio.serve_tcp, self._serve_connection, port, host=host))
+            except OSError as e:
+                raise GossipError(f"node {self.node_id} cannot listen on {host}:{port}: {e.strerror or e}; run it on "
+                                  "the machine with that address, and check the port is free") from None
             self.port = listeners[0].socket.getsockname()[1]
             for peer in self.peers:
                 nursery.start_soon(self._sender, peer)
@@ -276,8 +289,12 @@ class TcpTransport(Transport):
         while True:
             head, payload = await outbox.take()
             nbytes = sum(len(v) for v in payload)
-            with trio.fail_after(self.timeouts.frame(nbytes)):
-                size = await write_frame(stream.send_all, head, payload, self.key)
+            self._writing += 1
+            try:
+                with trio.fail_after(self.timeouts.frame(nbytes)):
+                    size = await write_frame(stream.send_all, head, payload, self.key)
+            finally:
+                self._writing -= 1
             self.stats.frames_sent += 1
             self.stats.bytes_sent += size
 
