@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from .algorithms import centralized as centralized
     from .algorithms import consensus as consensus
     from .algorithms import dpsgd as dpsgd
+    from .auth import load_key as load_key
+    from .collect import collect as collect
+    from .config import GossipOptions as GossipOptions
     from .config import SimConfig as SimConfig
     from .config import load_config as load_config
     from .data import Dataset as Dataset
@@ -36,6 +39,11 @@ if TYPE_CHECKING:
     from .mixing import mix_sparse as mix_sparse
     from .mixing import neighbor_lists as neighbor_lists
     from .models import make_model as make_model
+    from .network import Network as Network
+    from .network import load_network as load_network
+    from .network import make_nodes as make_nodes
+    from .network import run_nodes as run_nodes
+    from .node import Node as Node
     from .plot import plot_runs as plot_runs
     from .sim import SimResult as SimResult
     from .sim import prepare as prepare
@@ -45,6 +53,15 @@ if TYPE_CHECKING:
     from .topology import mixing_matrix as mixing_matrix
     from .topology import spectrum as spectrum
     from .topology import topology_defaults as topology_defaults
+    from .transport import MemoryNetwork as MemoryNetwork
+    from .transport import TcpTransport as TcpTransport
+    from .transport import Transport as Transport
+    from .wire import Frame as Frame
+    from .wire import FrameError as FrameError
+    from .wire import ModelSpec as ModelSpec
+    from .wire import decode_frame as decode_frame
+    from .wire import encode_frame as encode_frame
+    from .workload import Workload as Workload
 
 __version__ = "0.1.0"
 
@@ -85,6 +102,23 @@ _EXPORTS: dict[str, str] = {
     "mixing_matrix": "topology",
     "spectrum": "topology",
     "topology_defaults": "topology",
+    "GossipOptions": "config",
+    "Node": "node",
+    "Workload": "workload",
+    "Network": "network",
+    "load_network": "network",
+    "make_nodes": "network",
+    "run_nodes": "network",
+    "Transport": "transport",
+    "TcpTransport": "transport",
+    "MemoryNetwork": "transport",
+    "Frame": "wire",
+    "FrameError": "wire",
+    "ModelSpec": "wire",
+    "encode_frame": "wire",
+    "decode_frame": "wire",
+    "collect": "collect",
+    "load_key": "auth",
 }
 
 __all__ = list(_EXPORTS)

@@ -27,3 +27,11 @@ def test_cli_help_does_not_import_jax() -> None:
     code = "import sys, gossipfl.cli; print('jax' in sys.modules, 'flax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_launch_and_plot_modules_do_not_import_jax() -> None:
+    """`gossipfl launch` waits on child processes: it must not hold a JAX runtime while it does."""
+    code = ("import sys, gossipfl.network, gossipfl.launch, gossipfl.collect, gossipfl.plot, gossipfl.auth; "
+            "print('jax' in sys.modules, 'flax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
