@@ -101,6 +101,7 @@ class Node:
         self.rejected: Counter = Counter()
         self._arrived = trio.Event()
         self.absorbed_seq: dict[int, int] = {}  # neighbour -> seq of its newest frame absorbed here
+        self.rho_inc: dict[int, int] = {}  # neighbour -> the incarnation its absorbed running sum came from
         self.acked: dict[int, int] = {}  # neighbour -> seq of this node's newest frame it has absorbed
         self.share_seqs: dict[int, list[int]] = {j: [] for j in self.peers}  # seqs that carried a share
         self._sent_ack: dict[int, int] = {}
@@ -243,15 +244,23 @@ class Node:
                 self._sent_ack[j] = ack
 
     async def _absorb(self) -> None:
-        """The mixing step: adds what each neighbour's running sum grew by since last time."""
+        """The mixing step: adds what each neighbour's running sum grew by since last time.
+
+        A neighbour that restarted from a checkpoint sends running sums that may be behind what
+        was already absorbed from it; its first frame is taken as the new base (nothing absorbed)
+        rather than as a negative push, which could drive weights to zero or below. The mass it
+        pushed between its checkpoint and its crash then counts twice; the network still reaches
+        consensus, on a slightly shifted average."""
         frames, self.mailbox = self.mailbox, {}
         if not frames:
             return
-        inbox = [frames[j].leaves if j in frames else self.rho[j] for j in self.peers]
+        rebased = {j for j, f in frames.items() if self.rho_inc.get(j, f.incarnation) != f.incarnation}
+        inbox = [frames[j].leaves if j in frames and j not in rebased else self.rho[j] for j in self.peers]
         self.x = await self.run_sync(self.work.absorb, self.x, [self.rho[j] for j in self.peers], inbox)
         for j, frame in frames.items():
-            self.w += frame.weight - self.rho_w[j]
-            self.rho[j], self.rho_w[j] = frame.leaves, frame.weight
+            if j not in rebased:
+                self.w += frame.weight - self.rho_w[j]
+            self.rho[j], self.rho_w[j], self.rho_inc[j] = frame.leaves, frame.weight, frame.incarnation
             self.absorbed_seq[j] = frame.seq
 
     def _pushes_to(self, j: int) -> bool:
@@ -375,6 +384,8 @@ class Node:
                 arrays[f"rho/{j}/{i}"] = np.asarray(a)
         meta = {"step": self.step, "seq": self.seq, "w": self.w, "sigma_w": self.sigma_w, "rho_w": self.rho_w,
                 "last_seen": {str(k): list(v) for k, v in self.last_seen.items()}, "accepted": self.accepted,
+                "rho_inc": {str(k): v for k, v in self.rho_inc.items()},
+                "link": {k: getattr(self.transport.stats, k) for k in _LINK_COUNTERS},
                 "rejected": dict(self.rejected), "rng": self.rng.bit_generator.state}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         return arrays
@@ -402,6 +413,9 @@ class Node:
             self.sigma_w = {int(k): float(v) for k, v in meta["sigma_w"].items()}
             self.rho_w = {int(k): float(v) for k, v in meta["rho_w"].items()}
             self.last_seen = {int(k): tuple(v) for k, v in meta["last_seen"].items()}
+            self.rho_inc = {int(k): int(v) for k, v in meta["rho_inc"].items()}
+            for k in _LINK_COUNTERS:  # the counters go on from where they were
+                setattr(self.transport.stats, k, int(meta["link"][k]))
             self.accepted, self.rejected = int(meta["accepted"]), Counter(meta["rejected"])
             self.rng.bit_generator.state = meta["rng"]
         except (OSError, ValueError, KeyError, GossipError) as e:
@@ -409,6 +423,9 @@ class Node:
                               "to start this node over") from None
         self.resumed_from = self.step
         log.info("node %d: resumed from its checkpoint at step %d", self.id, self.step)
+
+
+_LINK_COUNTERS = ("frames_sent", "bytes_sent", "frames_received", "bytes_received", "replaced", "send_failures")
 
 
 def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
