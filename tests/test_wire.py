@@ -40,24 +40,15 @@ from gossipfl.wire import (
 
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32
 META = {"sender": 3, "incarnation": 1_700_000_000_123, "seq": 7, "step": 42, "weight": 0.625}
-FIELDS = ("from", "kind", "inc", "seq", "step", "w", "paths", "shapes", "dtypes")
+FIELDS = ("from", "kind", "inc", "seq", "step", "w", "paths", "shapes", "dtypes")  # required ("fin", "ack": optional)
 DROP = object()
 
 
-def make_leaves(kinds, seed=0):
-    """Arrays of the given (dtype, shape) pairs with random finite values."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for dtype, shape in kinds:
-        if np.dtype(dtype).kind == "f":
-            out.append(rng.standard_normal(shape).astype(dtype))
-        else:
-            out.append(rng.integers(-(2**31), 2**31, size=shape).astype(dtype))
-    return out
-
-
 def model(kinds, seed=0):
-    leaves = make_leaves(kinds, seed)
+    """A spec and random finite leaves of the given (dtype, shape) pairs."""
+    rng = np.random.default_rng(seed)
+    leaves = [rng.standard_normal(shape).astype(dtype) if np.dtype(dtype).kind == "f"
+              else rng.integers(-(2**31), 2**31, size=shape).astype(dtype) for dtype, shape in kinds]
     return ModelSpec.of(leaves, [f"layer{i}/p" for i in range(len(leaves))]), leaves
 
 
@@ -77,7 +68,8 @@ VALID = encode_frame(SPEC, LEAVES, KEY, **META)
 def good_header(changes=(), spec=SPEC):
     """The header `encode_head` writes for META, with fields replaced (or removed with DROP)."""
     header = {"from": META["sender"], "kind": "params", "inc": META["incarnation"], "seq": META["seq"],
-              "step": META["step"], "w": META["weight"], "paths": list(spec.paths),
+              "step": META["step"], "w": META["weight"], "fin": False, "ack": 0,
+              "paths": list(spec.paths),
               "shapes": [list(s) for s in spec.shapes], "dtypes": list(spec.dtypes)}
     for name, value in dict(changes).items():
         if value is DROP:
@@ -123,7 +115,9 @@ def assert_frame(frame, header, payload, spec=SPEC):
     """`frame` carries exactly the header's metadata and the payload's bytes, in the spec's shapes."""
     assert (frame.sender, frame.kind, frame.incarnation, frame.seq, frame.step) == (
         header["from"], header["kind"], header["inc"], header["seq"], header["step"])
-    assert frame.weight == float(header["w"])
+    assert all(type(v) is int and 0 <= v < 2**63 for v in (frame.sender, frame.incarnation, frame.seq, frame.step))
+    assert frame.weight == float(header["w"]) and np.isfinite(frame.weight)
+    assert frame.final is header.get("fin", False) and frame.ack == header.get("ack", 0)
     assert [(a.shape, a.dtype.str) for a in frame.leaves] == list(zip(spec.shapes, spec.dtypes, strict=True))
     assert b"".join(a.tobytes() for a in frame.leaves) == bytes(payload)
 
@@ -142,11 +136,12 @@ def outcome(blob, spec=SPEC, key=KEY):
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_round_trip_is_bit_identical(name):
     spec, leaves = model(SPECS[name], seed=len(name))
-    blob = encode_frame(spec, leaves, KEY, **META)
     payload = b"".join(a.tobytes() for a in leaves)
-    for seed, frame in enumerate([decode_frame(blob, spec, KEY), read(blob, spec, seed=1), read(blob, spec, seed=2)]):
-        assert_frame(frame, good_header(spec=spec), payload, spec)
-        assert frame.nbytes == len(blob), seed
+    for final, ack in ((False, 0), (True, 2**63 - 1)):
+        blob = encode_frame(spec, leaves, KEY, **META, final=final, ack=ack)
+        for frame in (decode_frame(blob, spec, KEY), read(blob, spec, seed=1), read(blob, spec, seed=2)):
+            assert_frame(frame, good_header({"fin": final, "ack": ack}, spec=spec), payload, spec)
+            assert frame.nbytes == len(blob)
 
 
 def test_helper_frames_match_encode_frame():
@@ -154,6 +149,7 @@ def test_helper_frames_match_encode_frame():
     assert signed(good_header()) == VALID
     assert len(VALID) == PREFIX.size + len(msgpack.packb(good_header())) + SPEC.nbytes + TAG_BYTES
     assert decode_frame(signed(good_header({"w": 2})), SPEC, KEY).weight == 2.0  # an integer weight is fine
+    assert decode_frame(signed(good_header({"fin": DROP, "ack": DROP})), SPEC, KEY).final is False  # optional
 
 
 def test_write_frame_sends_the_encoded_bytes():
@@ -215,6 +211,9 @@ REFUSALS = {
     "kind not a string": (signed(good_header({"kind": 1})), KEY, BadHeader, "'kind'"),
     "paths not a list": (signed(good_header({"paths": "layer0/p"})), KEY, BadHeader, "'paths'"),
     "shapes not lists": (signed(good_header({"shapes": [[4, 8], 6, [3], [], [0], [2]]})), KEY, BadHeader, "shapes"),
+    "fin not a bool": (signed(good_header({"fin": 1})), KEY, BadHeader, "'fin'"),
+    "bool ack": (signed(good_header({"ack": True})), KEY, BadHeader, "'ack'"),
+    "negative ack": (signed(good_header({"ack": -1})), KEY, BadHeader, "'ack'"),
     "unknown kind": (signed(good_header({"kind": "gradients"})), KEY, BadHeader, "unknown frame kind"),
     "bool sender": (signed(good_header({"from": True})), KEY, BadHeader, "'from'"),
     "bool seq": (signed(good_header({"seq": False})), KEY, BadHeader, "'seq'"),
@@ -294,8 +293,8 @@ def test_payload_views_of_non_contiguous_arrays():
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
            | st.binary(max_size=8))
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                      | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=10)
-HEADERS = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), VALUES, max_size=len(FIELDS) + 2)
+                      | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=6)
+HEADERS = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), VALUES, max_size=len(FIELDS))
 PAYLOADS = st.binary(min_size=SPEC.nbytes, max_size=SPEC.nbytes) | st.binary(max_size=2 * SPEC.nbytes)
 
 
@@ -312,39 +311,53 @@ def test_fuzz_every_frame_decodes_exactly_or_is_refused():
             assert_frame(result, header, payload)
         return result
 
-    assert_frame(check(VALID, good_header(), b"".join(payload_views(LEAVES))), good_header(),
-                 b"".join(payload_views(LEAVES)))
-    for n in range(len(VALID)):  # every truncation
-        assert isinstance(check(VALID[:n]), Truncated)
-    for bit in range(8 * len(VALID)):  # every single-bit flip: refused before the header is even parsed
-        flipped = bytearray(VALID)
-        flipped[bit // 8] ^= 1 << (bit % 8)
-        assert check(bytes(flipped)).reason in {"bad_magic", "bad_length", "truncated", "bad_tag"}
+    payload = b"".join(payload_views(LEAVES))
+    last = {"from": 9, "inc": 2**62, "seq": 2**63 - 1, "step": 0, "w": 1e-300, "fin": True, "ack": 5}
+    for header in (good_header(), good_header(last)):
+        blob = signed(header)
+        assert not isinstance(check(blob, header, payload), FrameError)
+        for n in range(len(blob)):  # every truncation
+            assert isinstance(check(blob[:n]), Truncated)
+        for bit in range(8 * len(blob)):  # every single-bit flip: refused before the header is even parsed
+            flipped = bytearray(blob)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            assert check(bytes(flipped)).reason in {"bad_magic", "bad_length", "truncated", "bad_tag"}
 
-    @settings(max_examples=1500)
+    @settings(max_examples=1000)
     @given(st.binary(max_size=3 * len(VALID)))
     def arbitrary_bytes(data):
         check(data)
-        check(signed(data))  # the same bytes as an authenticated header
+        check(VALID[:PREFIX.size] + data)  # a real prefix, then garbage
+        check(signed(data))  # garbage as an authenticated header
+        check(signed(HEADER, data))  # garbage as an authenticated payload
 
-    @settings(max_examples=1500)
+    @settings(max_examples=200)
     @given(HEADERS | VALUES, PAYLOADS)
     def arbitrary_headers(header, payload):
         check(signed(msgpack.packb(header), payload))
+        check(signed(msgpack.packb(header)))
 
-    @settings(max_examples=1500)
-    @given(st.sampled_from(FIELDS), VALUES | st.just(DROP), PAYLOADS)
-    def one_field_replaced(name, value, payload):
+    @settings(max_examples=300)
+    @given(st.sampled_from((*FIELDS, "fin", "ack")), SCALARS | VALUES | st.just(DROP), PAYLOADS)
+    def one_field_replaced(name, value, data):
         header = good_header({name: value})
-        check(signed(header, payload), header, payload)
+        check(signed(header, data), header, data)
+        check(signed(header), header, payload)
 
-    @settings(max_examples=1000)
+    @settings(max_examples=200)
+    @given(st.sampled_from(("paths", "shapes", "dtypes")), st.integers(0, len(LEAVES) - 1), SCALARS | VALUES)
+    def one_item_replaced(name, index, value):
+        header = good_header()
+        header[name][index] = value
+        check(signed(header), header, payload)
+
+    @settings(max_examples=600)
     @given(st.binary(min_size=SPEC.nbytes, max_size=SPEC.nbytes))
     def random_payloads(payload):
-        result = check(signed(good_header(), payload), good_header(), payload)
+        result = check(signed(HEADER, payload), good_header(), payload)
         floats = [a for a in SPEC.split(payload) if a.dtype.kind == "f"]
         assert isinstance(result, NonFinite) == (not all(np.isfinite(a).all() for a in floats))
 
-    for run in (arbitrary_bytes, arbitrary_headers, one_field_replaced, random_payloads):
+    for run in (arbitrary_bytes, arbitrary_headers, one_field_replaced, one_item_replaced, random_payloads):
         run()
     assert tried >= 10_000, tried
