@@ -46,6 +46,7 @@ log = logging.getLogger("gossipfl.node")
 # inline), so "auto" runs such models on the event loop and larger ones in a thread.
 THREAD_MIN_PARAMETERS = 1_000_000
 MAX_UNACKED = 2  # async: shares in flight per link before a node keeps the next one
+SETTLE_PACE = 0.05  # seconds between exchanges while settling
 TransportFactory = Callable[[int, list[int], Any, Callable[[Any], None]], Transport]
 
 
@@ -88,7 +89,7 @@ class Node:
         self.w = 1.0
         self.opt_state = work.init_opt(self.x)
         zeros = work.zeros()
-        self.sigma = {j: list(zeros) for j in self.peers}
+        self.sigma = {j: [np.zeros(z.shape, np.float64) for z in zeros] for j in self.peers}  # float64 sums
         self.sigma_w = dict.fromkeys(self.peers, 0.0)
         self.rho = {j: list(zeros) for j in self.peers}
         self.rho_w = dict.fromkeys(self.peers, 0.0)
@@ -107,7 +108,7 @@ class Node:
         self._sent_ack: dict[int, int] = {}
         self._absent: set[int] = set()
         self._finished: set[int] = set()  # neighbours that sent their last frame
-        self._heard: dict[int, float] = {}  # neighbour -> when its newest frame arrived (monotonic)
+        self._heard: dict[int, float] = {}  # neighbour -> when its newest frame arrived (trio time)
         self._peer_step: dict[int, int] = {}  # neighbour -> step of its newest frame
         self.resumed_from: int | None = None
         self._prepare_dir(resume)
@@ -130,7 +131,7 @@ class Node:
         self.accepted += 1
         self.last_seen[item.sender] = item.order
         self.mailbox[item.sender] = item
-        self._heard[item.sender] = time.monotonic()
+        self._heard[item.sender] = trio.current_time()
         self._peer_step[item.sender] = item.step
         self.acked[item.sender] = item.ack
         if item.final:
@@ -201,9 +202,7 @@ class Node:
         common model rather than on whichever local steps each node took last."""
 
         async def tick() -> None:
-            self._arrived = trio.Event()
-            with trio.move_on_after(0.05):  # pace: mix when something arrives, or every 50 ms
-                await self._arrived.wait()
+            await trio.sleep(max(self.opts.step_interval, SETTLE_PACE))
             await self._absorb()
             await self._push()
 
@@ -212,6 +211,7 @@ class Node:
                 await tick()
         for _ in range(self.opts.settle_rounds):
             await tick()
+        await self._absorb()  # take in the last pushes, push nothing more: the goodbye follows
 
     def _peer_done(self, j: int) -> bool:
         """Neighbour j has finished training, left, or is unreachable."""
@@ -221,26 +221,38 @@ class Node:
     async def _push(self, *, final: bool = False) -> None:
         """Adds each neighbour's share of (x, w) to its running sum and sends the sums. A neighbour
         that cannot take a share now (see `_pushes_to`) leaves it with this node. `final`: the
-        goodbye, which pushes nothing and tells the neighbours to stop pushing here."""
+        goodbye, which pushes nothing and tells the neighbours to stop pushing here.
+
+        The running sums are float64 on the host (float32 sums that grow for the whole run would
+        drift the network average by ~1e-4 over 1,000 rounds); they go out rounded to the model's
+        dtype, which costs one rounding of the newest sum, never an accumulating error. The kept
+        fraction is rounded to float32 once and the shares scaled to sum with it to exactly 1, so
+        x (float32) and w (float64) are scaled alike."""
         sharing = [] if final else [j for j in self.peers if self._pushes_to(j)]
-        shares = np.array([self.share_of[j] if j in sharing else 0.0 for j in self.peers], np.float32)
-        keep = self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in sharing)
-        self.x, sums = await self.run_sync(self.work.emit, self.x, np.float32(keep),
-                                           [self.sigma[j] for j in self.peers], shares)
-        self.sigma = dict(zip(self.peers, sums, strict=True))
+        keep = float(np.float32(self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in sharing)))
+        pushed = sum(self.share_of[j] for j in sharing)
+        shares = {j: self.share_of[j] * (1.0 - keep) / pushed for j in sharing}
+        if sharing:
+            x = self.x
+            self.x = await self.run_sync(self.work.scale, x, np.float32(keep))
+            await self.run_sync(accumulate, [self.sigma[j] for j in sharing], [shares[j] for j in sharing], x)
         self.seq += 1
         for j in sharing:
-            self.sigma_w[j] += self.share_of[j] * self.w
+            self.sigma_w[j] += shares[j] * self.w
             self.share_seqs[j] = [s for s in self.share_seqs[j] if s > self.acked.get(j, 0)] + [self.seq]
-        self.w *= keep
+        if sharing:
+            self.w *= keep
         for j in self.peers:
             ack = self.absorbed_seq.get(j, 0)
-            # a frame goes out when it carries new mass, a new ack, or the goodbye
-            if not self.transport.is_up(j) or not (j in sharing or ack != self._sent_ack.get(j) or final):
+            unacked = any(s > self.acked.get(j, 0) for s in self.share_seqs[j])
+            # a frame goes out with new mass, a new ack, the goodbye, or again while earlier mass
+            # is unacknowledged (the frame that carried it, or the ack, may have been lost)
+            if not self.transport.is_up(j) or not (j in sharing or ack != self._sent_ack.get(j) or final or unacked):
                 continue
             head = encode_head(self.work.spec, sender=self.id, incarnation=self.incarnation, seq=self.seq,
                                step=self.step, weight=self.sigma_w[j], final=final, ack=ack)
-            if self.transport.send(j, head, payload_views(self.sigma[j])):
+            payload = [np.asarray(a, dtype) for a, dtype in zip(self.sigma[j], self.work.spec.dtypes, strict=True)]
+            if self.transport.send(j, head, payload_views(payload)):
                 self._sent_ack[j] = ack
 
     async def _absorb(self) -> None:
@@ -271,12 +283,12 @@ class Node:
         would head for underflow (it recovers as neighbours push back)."""
         if not self.transport.is_up(j) or j in self._finished or self.w < 1e-6:
             return False
-        if self.opts.mode == "async":
+        if self.opts.mode == "async" or self.step >= self.cfg.rounds:  # flow control (sync: while settling)
             unacked = sum(1 for s in self.share_seqs[j] if s > self.acked.get(j, 0))
             if unacked >= MAX_UNACKED:
                 return False
         heard = self._heard.get(j)
-        return heard is None or time.monotonic() - heard < self.opts.peer_timeout
+        return heard is None or trio.current_time() - heard < self.opts.peer_timeout
 
     async def _wait_for_round(self) -> None:
         def waiting() -> list[int]:
@@ -368,6 +380,7 @@ class Node:
             _truncate_partial(self.out / "sketch.bin", self._sketches,
                               record=sketch_dtype(self.work.sketch.dim).itemsize)
             self._metrics.write(json.dumps({"step": self.step, "time": time.time(), "event": "resumed"}) + "\n")
+            self._metrics.flush()
 
     def checkpoint_arrays(self) -> dict[str, np.ndarray]:
         """The node's whole state as named arrays, taken on the event loop (so no frame arriving
@@ -379,12 +392,12 @@ class Node:
             arrays[f"opt/{i}"] = np.asarray(a)
         for j in self.peers:
             for i, a in enumerate(self.sigma[j]):
-                arrays[f"sigma/{j}/{i}"] = np.asarray(a)
+                arrays[f"sigma/{j}/{i}"] = np.array(a)  # a copy: the sums are updated in place
             for i, a in enumerate(self.rho[j]):
                 arrays[f"rho/{j}/{i}"] = np.asarray(a)
         meta = {"step": self.step, "seq": self.seq, "w": self.w, "sigma_w": self.sigma_w, "rho_w": self.rho_w,
                 "last_seen": {str(k): list(v) for k, v in self.last_seen.items()}, "accepted": self.accepted,
-                "rho_inc": {str(k): v for k, v in self.rho_inc.items()},
+                "rho_inc": {str(k): v for k, v in self.rho_inc.items()}, "incarnation": self.incarnation,
                 "link": {k: getattr(self.transport.stats, k) for k in _LINK_COUNTERS},
                 "rejected": dict(self.rejected), "rng": self.rng.bit_generator.state}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
@@ -407,18 +420,20 @@ class Node:
             self.x = [jnp.asarray(a) for a in x]
             self.opt_state = [jnp.asarray(a) for a in leaves("opt", len(self.opt_state))]
             for j in self.peers:
-                self.sigma[j] = [jnp.asarray(a) for a in leaves(f"sigma/{j}", n_leaves)]
+                self.sigma[j] = [np.array(a, np.float64) for a in leaves(f"sigma/{j}", n_leaves)]
                 self.rho[j] = leaves(f"rho/{j}", n_leaves)
             self.step, self.seq, self.w = int(meta["step"]), int(meta["seq"]), float(meta["w"])
             self.sigma_w = {int(k): float(v) for k, v in meta["sigma_w"].items()}
             self.rho_w = {int(k): float(v) for k, v in meta["rho_w"].items()}
             self.last_seen = {int(k): tuple(v) for k, v in meta["last_seen"].items()}
             self.rho_inc = {int(k): int(v) for k, v in meta["rho_inc"].items()}
+            # newer than any incarnation before, even if the wall clock stepped back
+            self.incarnation = max(self.incarnation, int(meta["incarnation"]) + 1)
             for k in _LINK_COUNTERS:  # the counters go on from where they were
                 setattr(self.transport.stats, k, int(meta["link"][k]))
             self.accepted, self.rejected = int(meta["accepted"]), Counter(meta["rejected"])
             self.rng.bit_generator.state = meta["rng"]
-        except (OSError, ValueError, KeyError, GossipError) as e:
+        except Exception as e:  # a damaged file fails in many ways (zip, npy, JSON, types)
             raise RunDirError(f"cannot resume node {self.id} from {path}: {e}; delete it (or pass --fresh) "
                               "to start this node over") from None
         self.resumed_from = self.step
@@ -426,6 +441,13 @@ class Node:
 
 
 _LINK_COUNTERS = ("frames_sent", "bytes_sent", "frames_received", "bytes_received", "replaced", "send_failures")
+
+
+def accumulate(sums: list[list[np.ndarray]], shares: list[float], x: list[Any]) -> None:
+    """sums[k] += shares[k] * x, in place, in float64 (the running sums pushed to each neighbour)."""
+    for share, sigma in zip(shares, sums, strict=True):
+        for s, a in zip(sigma, x, strict=True):
+            s += share * np.asarray(a, np.float64)
 
 
 def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:

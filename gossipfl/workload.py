@@ -1,9 +1,9 @@
 """What networked nodes compute, built once per process and shared by every node it hosts.
 
 A `Workload` holds the dataset, the model definition, and the jit-compiled functions a node calls:
-`train` (K local steps of the algorithm on the de-biased parameters), `emit` (keep the node's own
-share and add each neighbour's share to the running sum sent to it) and `absorb` (the mixing step:
-the simulator's `mix_one` kernel over what the running sums grew by). Compiling once per process is what
+`train` (K local steps of the algorithm on the de-biased parameters), `scale` (the share of its
+mass a node keeps when it pushes) and `absorb` (the mixing step: the simulator's `mix_one` kernel
+over what the neighbours' running sums grew by). Compiling once per process is what
 lets one small machine host many nodes.
 """
 
@@ -151,7 +151,7 @@ class Workload:
                                              self.dataset.y_train[pick]))
             jax.block_until_ready(self.evaluate(x, self.dataset.x_test, self.dataset.y_test))
         for k in sorted(degrees):
-            jax.block_until_ready(self.emit(x, np.float32(1), [zeros] * k, np.zeros(k, np.float32)))
+            jax.block_until_ready(self.scale(x, np.float32(1)))
             jax.block_until_ready(self.absorb(x, [zeros] * k, [zeros] * k))
 
     # ------------------------------------------------------------------ compiled functions
@@ -178,10 +178,8 @@ class Workload:
                     jax.tree.leaves(state.opt_state), jnp.mean(losses))
 
         @jax.jit
-        def emit(x: Leaves, keep: jax.Array, sigmas: list[Leaves], shares: jax.Array):
-            # The node keeps `keep` of its mass and adds share k to neighbour k's running sum.
-            sums = [[s + shares[k] * a for s, a in zip(sigma, x, strict=True)] for k, sigma in enumerate(sigmas)]
-            return [keep * a for a in x], sums
+        def scale(x: Leaves, keep: jax.Array) -> Leaves:  # the part of its mass a node keeps
+            return [keep * a for a in x]
 
         @jax.jit
         def absorb(x: Leaves, rhos: list[Leaves], inbox: list[Leaves]) -> Leaves:
@@ -204,5 +202,5 @@ class Workload:
             return jax.tree.leaves(nnx.split(model, nnx.Param)[1])
 
         self._init = init if self.learning else None
-        self.train, self.emit, self.absorb, self.init_opt = train, emit, absorb, init_opt
+        self.train, self.scale, self.absorb, self.init_opt = train, scale, absorb, init_opt
         self.evaluate = evaluate if self.learning else None
