@@ -109,7 +109,7 @@ def dry_run_lines(plans: list[ProcessPlan], key_file: str | None) -> list[str]:
     for p in plans:
         line = shlex.join(p.argv)
         if p.stdin_key:
-            line += f" < {shlex.quote(key_file or '$GOSSIPFL_KEY_FILE')}"
+            line += f" < {shlex.quote(key_file)}" if key_file else ' < "$GOSSIPFL_KEY_FILE"'
         lines.append(line)
     for p in plans:  # afterwards, the remote node directories are copied back
         lines.extend(shlex.join(cmd) for cmd in p.fetch)

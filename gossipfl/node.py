@@ -129,6 +129,11 @@ class Node:
                             self.rejected[item.reason])
             return
         self.accepted += 1
+        previous = self.last_seen.get(item.sender)
+        if previous is not None and previous[0] != item.incarnation:
+            # the neighbour restarted: its seq numbers, and so its acks of ours, begin again
+            self.share_seqs[item.sender], self._sent_ack[item.sender] = [], None
+            self.acked.pop(item.sender, None)
         self.last_seen[item.sender] = item.order
         self.mailbox[item.sender] = item
         self._heard[item.sender] = trio.current_time()
@@ -150,9 +155,9 @@ class Node:
             await self._train()
             await self._settle()
             await self._push(final=True)
-            summary = await self._finish(time.time() - start)
-            with trio.move_on_after(2.0):  # let the goodbye frames leave whole
+            with trio.move_on_after(2.0):  # let the goodbye frames leave whole (and be counted)
                 await self.transport.drain()
+            summary = await self._finish(time.time() - start)
             nursery.cancel_scope.cancel()
         return summary
 
