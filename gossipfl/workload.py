@@ -89,8 +89,9 @@ class Workload:
             self.dataset = load_dataset(cfg.dataset, seed=cfg.seed)
             self._parts = partition(self.dataset.y_train, self.n, cfg.partition, seed=cfg.seed,
                                     num_classes=self.dataset.num_classes)
-            model = make_model(cfg.model, self.dataset.input_shape, self.dataset.num_classes, seed=cfg.seed,
-                               hidden=cfg.hidden, dataset=self.dataset.name)
+            # shapes only (no arrays, nothing compiled): each node initialises its own model later
+            model = nnx.eval_shape(lambda: make_model(cfg.model, self.dataset.input_shape, self.dataset.num_classes,
+                                                      seed=cfg.seed, hidden=cfg.hidden, dataset=self.dataset.name))
             self.graphdef, template = nnx.split(model, nnx.Param)
             self.algorithm = algos.dpsgd(algos.classification_loss(self.graphdef),
                                          algos.make_optimizer(cfg.optimizer, cfg.lr))
