@@ -192,8 +192,9 @@ class Node:
                 await self._push()
                 await self._wait_for_round()
                 await self._absorb()
-            else:
+            else:  # push, then mix in what arrived meanwhile, so the node is measured and left mixed
                 await self._push()
+                await self._absorb()
             last = self.step >= steps
             await self._record(loss=loss, evaluate=last or self.step % self.cfg.eval_every < k,
                                sketch=last or self.step % self.opts.snapshot_every < k)
