@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,8 @@ def node(
     os.environ.pop(KEY_ENV, None)  # not inherited by anything this process starts
     out_dir = out or Path("runs") / net.topology.name
     nodes = make_nodes(net, chosen, key=key, out=out_dir, resume=not fresh)
+    logging.getLogger("gossipfl.node").info("%d node(s) ready after %.1f s (imports, data, compilation)",
+                                            len(nodes), time.process_time())
     try:
         summaries = run_nodes(nodes)
     except KeyboardInterrupt:
