@@ -394,3 +394,31 @@ def test_finished_nodes_wait_for_slow_neighbours_without_spinning(tmp_path):
     # a frame per neighbour per step while training, then at most one per step_interval waiting
     # (linger), settle_rounds more and the goodbye; twice that is plenty
     assert max(n.transport.stats.frames_sent for n in nodes) < 2 * 2 * (60 + 2.0 / 0.01 + 10 + 1)
+
+
+def test_nodes_computing_in_worker_threads_converge(tmp_path):
+    """The threaded path (large models, or threads="always"): JAX work runs in trio's worker
+    threads while the event loop serves the network; on the real clock, the result is the same."""
+    from gossipfl.node import in_thread
+
+    work, net = workload("ring:4", rounds=60), MemoryNetwork(seed=9)
+    opts = GossipOptions(step_interval=0.002, linger=1.0, settle_rounds=2, threads="always")
+    nodes = [Node(i, work, opts, KEY, tmp_path / f"node-{i}",
+                  lambda i, peers, spec, deliver: net.transport(i, peers, spec, KEY, deliver)) for i in range(4)]
+    assert all(n.run_sync is in_thread for n in nodes)
+    small = Node(0, work, GossipOptions(), KEY, tmp_path / "auto", lambda *a: net.transport(*a[:3], KEY, a[3]))
+    assert small.run_sync is inline  # "auto": a 16-parameter model computes faster than a thread handoff
+    x0, w0 = network_mass(nodes)
+    z0 = models(nodes)
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for n in nodes:
+                    nursery.start_soon(n.run)
+
+    trio.run(main)
+    assert [n.step for n in nodes] == [60] * 4
+    assert spread(models(nodes)) < 1e-3 * spread(z0)
+    x, w = network_mass(nodes)
+    assert abs(w - w0) < 1e-9 and rel(x / w, x0 / w0) < 1e-5
