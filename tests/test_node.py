@@ -406,7 +406,8 @@ def test_nodes_computing_in_worker_threads_converge(tmp_path):
     nodes = [Node(i, work, opts, KEY, tmp_path / f"node-{i}",
                   lambda i, peers, spec, deliver: net.transport(i, peers, spec, KEY, deliver)) for i in range(4)]
     assert all(n.run_sync is in_thread for n in nodes)
-    small = Node(0, work, GossipOptions(), KEY, tmp_path / "auto", lambda *a: net.transport(*a[:3], KEY, a[3]))
+    other = MemoryNetwork()
+    small = Node(0, work, GossipOptions(), KEY, tmp_path / "auto", lambda *a: other.transport(*a[:3], KEY, a[3]))
     assert small.run_sync is inline  # "auto": a 16-parameter model computes faster than a thread handoff
     x0, w0 = network_mass(nodes)
     z0 = models(nodes)
