@@ -280,6 +280,8 @@ def node(
     mode: str | None = typer.Option(None, help="async (default: no barrier) or sync (rounds, for comparisons)."),
     gossip_every: int | None = typer.Option(None, help="Local steps between exchanges (default 1)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming from a checkpoint."),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="At the end, merge the node directories found "
+                               "in DIR into DIR/metrics.jsonl and summary.json (launch does this itself)."),
 ) -> None:
     """Run one or more gossip nodes of a topology file in this process (one JAX runtime).
 
@@ -315,6 +317,12 @@ def node(
         acc = f", test accuracy {100 * s['accuracy']:.2f}%" if "accuracy" in s else ""
         console.print(f"node {s['id']}: {s['steps']} steps in {s['wall_seconds']:.1f} s{acc}; frames sent "
                       f"{s['frames_sent']}, accepted {s['frames_accepted']}, rejected {sum(s['rejected'].values())}")
+    if merge:
+        from .launch import finalize
+
+        finalize(out_dir, net, nodes[0].work)
+        console.print(f"wrote {out_dir}/metrics.jsonl and summary.json ({len(list(out_dir.glob('node-*')))} node "
+                      "directories merged)", soft_wrap=True)
 
 
 @app.command()

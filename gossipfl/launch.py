@@ -85,11 +85,11 @@ def plan(net: Network, topology: str, out: Path, *, processes: int | None = None
         if is_loopback(host) and not ssh:
             for group in _groups(ids, processes or min(len(ids), 8)):
                 argv = [sys.executable, "-m", "gossipfl", "node", "--topology", topology, "--ids", id_spec(group),
-                        "--out", str(out), *node_args]
+                        "--out", str(out), "--no-merge", *node_args]
                 plans.append(ProcessPlan(host=host, ids=group, argv=argv))
         else:
             remote = ["gossipfl", "node", "--topology", topology, "--ids", id_spec(ids), "--out", str(out),
-                      "--key-file", "-", *node_args]
+                      "--key-file", "-", "--no-merge", *node_args]
             command = f"cd {shlex.quote(remote_dir)} && {shlex.join(remote)}"
             fetch = [["scp", "-r", "-q", "-o", "BatchMode=yes", f"{host}:{remote_dir}/{out}/node-{i}", str(out)]
                      for i in ids]
@@ -193,9 +193,10 @@ def failure_report(plan_: ProcessPlan, code: int, lines: int = 8) -> str:
     return f"node(s) {id_spec(plan_.ids)} on {plan_.host}: {how}; log {plan_.log}:\n    {tail}"
 
 
-def finalize(out: Path, net: Network) -> dict[str, Any]:
+def finalize(out: Path, net: Network, work: Any = None) -> dict[str, Any]:
     """Merges the node logs into out/metrics.jsonl and out/summary.json, evaluating the averaged
-    model (the mean of the nodes' final de-biased models) on the test set."""
+    model (the mean of the nodes' final de-biased models) on the test set. `work`: a `Workload`
+    already built for this network (else one is built)."""
     summary, records = collect(out)
     finals = []
     for spec in net.topology.nodes:
@@ -208,19 +209,20 @@ def finalize(out: Path, net: Network) -> dict[str, Any]:
     if finals:
         from .workload import Workload
 
-        work = Workload(net.config, net.topology.graph, net.weights)
+        work = work or Workload(net.config, net.topology.graph, net.weights)
         mean = [np.mean(np.stack(leaves), axis=0) for leaves in zip(*finals, strict=True)]
         if work.evaluate is not None:
             loss, acc = work.evaluate(mean, work.dataset.x_test, work.dataset.y_test)
             summary["final"].update(accuracy=float(acc), loss=float(loss), averaged_over=len(finals))
             if records:
                 records[-1]["averaged_model_accuracy"] = float(acc)
-    with (out / "metrics.jsonl").open("w") as f:
-        for rec in records:
-            f.write(json.dumps(finite_or_none(rec), allow_nan=False) + "\n")
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out / "summary.json")
+    # atomic replacements: several `gossipfl node` processes sharing DIR may merge at once
+    lines = "".join(json.dumps(finite_or_none(rec), allow_nan=False) + "\n" for rec in records)
+    for name, text in (("metrics.jsonl", lines),
+                       ("summary.json", json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")):
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
     return summary
 
 
