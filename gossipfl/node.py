@@ -1,7 +1,9 @@
-"""A networked gossip node: one trio nursery, training in a worker thread, push-sum over a transport.
+"""A networked gossip node: one trio nursery, JAX training, push-sum over a transport.
 
-Each tick a node takes `gossip_every` local steps (JAX, in `trio.to_thread` so the event loop keeps
-serving the network), pushes its neighbours their shares, and mixes in what its mailbox holds.
+Each tick (async mode) a node mixes in what its mailbox holds, takes `gossip_every` local steps,
+pushes its neighbours their shares, and mixes in what arrived meanwhile. JAX work for models of
+1M parameters or more runs in `trio.to_thread` so the event loop keeps serving the network;
+smaller models' steps take less time than a thread handoff and run on the loop (`threads`).
 
 The exchange is push-sum with running sums (robust push-sum): node i keeps, per neighbour j, the
 total mass it has ever pushed to j (sigma_ij, parameters and a scalar weight), and sends that
