@@ -158,9 +158,12 @@ def run_nodes(nodes: list[Node]) -> list[dict[str, Any]]:
 
     try:
         trio.run(main)
-    except BaseExceptionGroup as group:  # several nodes failed at once: report the first clear error
-        first = next((e for e in group.exceptions if isinstance(e, GossipError)), None)
-        if first is None:
-            raise
-        raise first from None
+    except BaseExceptionGroup as group:  # trio groups task errors: report the first clear one
+        for wanted in (KeyboardInterrupt, GossipError):
+            found = group.subgroup(lambda e, wanted=wanted: isinstance(e, wanted))
+            while isinstance(found, BaseExceptionGroup):
+                found = found.exceptions[0]
+            if found is not None:
+                raise found from None
+        raise
     return [summaries[n.id] for n in nodes]
