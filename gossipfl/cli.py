@@ -291,8 +291,9 @@ def node(
     from .auth import KEY_ENV
     from .cache import enable_compile_cache
     from .network import load_network, make_nodes, parse_ids, run_nodes
+    from .wire import check_key
 
-    key = _node_key(key_file, insecure)
+    key = check_key(_node_key(key_file, insecure))  # --insecure: tags under an empty key, checked by nobody
     enable_compile_cache()
     net = load_network(topology, overrides={"rounds": rounds} if rounds else None,
                        gossip_overrides=_gossip_overrides(mode, gossip_every))

@@ -3,6 +3,7 @@ gossip tables, node ids, per-node data files, and a launch whose node cannot sta
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -145,3 +146,22 @@ def test_launch_names_the_node_that_failed(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr
     assert (out / "node-0" / "summary.json").exists() and (out / "node-1" / "summary.json").exists()
     assert (out / "summary.json").exists()  # the nodes that ran are still merged and reported
+
+
+def test_insecure_nodes_run_without_a_key(tmp_path: Path) -> None:
+    """`--insecure` is the explicit way to run unauthenticated: the nodes start, gossip and finish."""
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    path = topology(tmp_path, ports=tuple(ports), experiment='algorithm = "consensus"\ndim = 8\nrounds = 30',
+                    gossip="linger = 2\nsettle_rounds = 2\nstep_interval = 0.005")
+    env = {k: v for k, v in os.environ.items() if k != "GOSSIPFL_KEY"}
+    done = subprocess.run([sys.executable, "-m", "gossipfl", "node", "--topology", str(path), "--ids", "0-2",
+                           "--insecure", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=240, env={**env, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["nodes_finished"] == [0, 1, 2] and summary["frames"]["accepted"] > 0
+    assert summary["final"]["consensus_distance"] < 1e-2 * summary["final"]["initial_consensus_distance"]
