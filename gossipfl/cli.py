@@ -256,7 +256,7 @@ def _gossip_overrides(mode: str | None, gossip_every: int | None) -> dict[str, A
     return {k: v for k, v in (("mode", mode), ("gossip_every", gossip_every)) if v is not None}
 
 
-def _node_key(key_file: Path | None, insecure: bool) -> bytes | None:
+def _node_key(key_file: Path | None, insecure: bool) -> Any:
     from .auth import HOW_TO, load_key
 
     key = load_key(key_file)
@@ -352,6 +352,7 @@ def launch(
     from .auth import generate_key, load_key
     from .network import load_network
     from .plot import plot_runs
+    from .wire import key_ring
 
     overrides = {"rounds": rounds} if rounds else None
     net = load_network(topology, overrides=overrides, gossip_overrides=_gossip_overrides(mode, gossip_every))
@@ -380,7 +381,7 @@ def launch(
             bar.update(task, completed=sum(done.values()), status=f"slowest node at step {slowest}")
 
         try:
-            failures = launcher.run(plans, out_dir, key=key.decode(errors="replace"), progress=progress)
+            failures = launcher.run(plans, out_dir, keys=key_ring(key), progress=progress)
         except KeyboardInterrupt:
             _print_error(f"interrupted: nodes stopped; their checkpoints in {out_dir} are kept (launch again to "
                          "resume, or add --fresh)")

@@ -132,7 +132,7 @@ def steps_done(out: Path, ids: list[int]) -> dict[int, int]:
     return done
 
 
-def run(plans: list[ProcessPlan], out: Path, *, key: str, progress: ProgressFn | None = None,
+def run(plans: list[ProcessPlan], out: Path, *, keys: tuple[bytes, ...], progress: ProgressFn | None = None,
         poll: float = 0.5, grace: float = 15.0) -> list[tuple[ProcessPlan, int]]:
     """Starts the processes, reports progress until all have exited, and returns the failures.
 
@@ -141,7 +141,8 @@ def run(plans: list[ProcessPlan], out: Path, *, key: str, progress: ProgressFn |
     """
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GOSSIPFL_KEY": key}
+    # children get the key ring (signing key first) in GOSSIPFL_KEY, remote nodes on stdin
+    env = {**os.environ, "GOSSIPFL_KEY": b",".join(keys).decode(errors="replace")}
     ids = sorted(i for p in plans for i in p.ids)
     try:
         for k, p in enumerate(plans):
@@ -150,7 +151,7 @@ def run(plans: list[ProcessPlan], out: Path, *, key: str, progress: ProgressFn |
                 p.proc = subprocess.Popen(p.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                           stdin=subprocess.PIPE if p.stdin_key else subprocess.DEVNULL)
             if p.stdin_key:
-                p.proc.stdin.write(key.encode())
+                p.proc.stdin.write(b"\n".join(keys))
                 p.proc.stdin.close()
         while any(p.proc.poll() is None for p in plans):
             if progress:

@@ -164,6 +164,25 @@ class Frame:
         return (self.incarnation, self.seq)
 
 
+Keys = bytes | Sequence[bytes]  # one key, or a key ring: the first signs, any verifies (rotation)
+
+
+def key_ring(key: Keys) -> tuple[bytes, ...]:
+    """The keys as a non-empty tuple, signing key first."""
+    ring = (bytes(key),) if isinstance(key, (bytes, bytearray)) else tuple(bytes(k) for k in key)
+    if not ring:
+        raise GossipError("no key given")
+    return ring
+
+
+def _macs(key: Keys, first: Any) -> list[Any]:
+    return [hmac.new(k, first, hashlib.sha256) for k in key_ring(key)]
+
+
+def _matches(macs: list[Any], tag: bytes) -> bool:
+    return any(hmac.compare_digest(m.digest(), tag) for m in macs)
+
+
 def check_key(key: bytes | None) -> bytes:
     """The HMAC key to use; `None` means an unauthenticated (insecure) run, tagged with an empty key."""
     if key is None:
@@ -203,7 +222,7 @@ def _chunks(view: memoryview) -> Sequence[memoryview]:
 
 
 async def write_frame(send_all: Callable[[Any], Awaitable[None]], head: bytes, payload: Sequence[memoryview],
-                      key: bytes) -> int:
+                      key: Keys) -> int:
     """Writes one frame (head from `encode_head`, payload views, then the tag); returns its size.
 
     The tag is computed as the bytes go out, so no copy of the payload is ever made.
@@ -212,7 +231,7 @@ async def write_frame(send_all: Callable[[Any], Awaitable[None]], head: bytes, p
         blob = join_frame(head, payload, key)  # one send: a small frame's copy costs less than 3 sends
         await send_all(blob)
         return len(blob)
-    mac = hmac.new(key, head, hashlib.sha256)
+    mac = hmac.new(key_ring(key)[0], head, hashlib.sha256)
     await send_all(head)
     total = len(head)
     for view in payload:
@@ -224,15 +243,15 @@ async def write_frame(send_all: Callable[[Any], Awaitable[None]], head: bytes, p
     return total + TAG_BYTES
 
 
-def join_frame(head: bytes, payload: Sequence[memoryview], key: bytes) -> bytes:
+def join_frame(head: bytes, payload: Sequence[memoryview], key: Keys) -> bytes:
     """One whole frame as bytes: head, payload and tag (for the in-memory transport and tests)."""
-    mac = hmac.new(key, head, hashlib.sha256)
+    mac = hmac.new(key_ring(key)[0], head, hashlib.sha256)
     for v in payload:
         mac.update(v)
     return b"".join([head, *payload, mac.digest()])
 
 
-def encode_frame(spec: ModelSpec, leaves: Sequence[Any], key: bytes, **meta: Any) -> bytes:
+def encode_frame(spec: ModelSpec, leaves: Sequence[Any], key: Keys, **meta: Any) -> bytes:
     """One whole frame as bytes from parameter arrays; `meta` as for `encode_head`."""
     return join_frame(encode_head(spec, **meta), payload_views(leaves), key)
 
@@ -326,21 +345,20 @@ def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec, header_len
                  ack=header["ack"])
 
 
-def decode_frame(blob: bytes | memoryview, spec: ModelSpec, key: bytes) -> Frame:
+def decode_frame(blob: bytes | memoryview, spec: ModelSpec, key: Keys) -> Frame:
     """Checks and decodes one whole frame held in memory. Raises a `FrameError` subclass."""
     blob = memoryview(blob)
     header_len, payload_len = parse_prefix(bytes(blob[:PREFIX.size]), spec)
     end = PREFIX.size + header_len + payload_len
     if len(blob) != end + TAG_BYTES:
         raise Truncated(f"frame has {len(blob)} bytes, its prefix says {end + TAG_BYTES}")
-    expected = hmac.new(key, blob[:end], hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, bytes(blob[end:])):
+    if not _matches(_macs(key, blob[:end]), bytes(blob[end:])):
         raise BadTag("authentication tag does not match (wrong key or corrupted frame)")
     header = parse_header(bytes(blob[PREFIX.size:PREFIX.size + header_len]), spec)
     return make_frame(header, bytearray(blob[PREFIX.size + header_len:end]), spec, header_len)
 
 
-async def read_frame(recv_into: Callable[[memoryview], Awaitable[None]], spec: ModelSpec, key: bytes) -> Frame:
+async def read_frame(recv_into: Callable[[memoryview], Awaitable[None]], spec: ModelSpec, key: Keys) -> Frame:
     """Reads one frame from a byte stream. Raises a `FrameError` subclass.
 
     `recv_into(view)` must fill `view` completely (raising `Truncated` at end of stream).
@@ -353,18 +371,23 @@ async def read_frame(recv_into: Callable[[memoryview], Awaitable[None]], spec: M
     buf = np.empty(header_len + payload_len + TAG_BYTES, dtype=np.uint8)
     view = memoryview(buf)
     body, tag = view[:-TAG_BYTES], view[-TAG_BYTES:]
-    mac = hmac.new(key, prefix, hashlib.sha256)
+    macs = _macs(key, prefix)  # one per key: during a rotation both keys are tried
+
+    def update(data: memoryview) -> None:
+        for mac in macs:
+            mac.update(data)
+
     if len(view) <= SMALL_FRAME_BYTES:
         await recv_into(view)
-        mac.update(body)
+        update(body)
     else:
         await recv_into(body[:header_len])
-        mac.update(body[:header_len])
+        update(body[:header_len])
         for chunk in _chunks(body[header_len:]):
             await recv_into(chunk)
-            mac.update(chunk)
+            update(chunk)
         await recv_into(tag)
-    if not hmac.compare_digest(mac.digest(), bytes(tag)):
+    if not _matches(macs, bytes(tag)):
         raise BadTag("authentication tag does not match (wrong key or corrupted frame)")
     header = parse_header(bytes(body[:header_len]), spec)
     return make_frame(header, body[header_len:], spec, header_len)
