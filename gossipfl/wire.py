@@ -183,12 +183,14 @@ def _matches(macs: list[Any], tag: bytes) -> bool:
     return any(hmac.compare_digest(m.digest(), tag) for m in macs)
 
 
-def check_key(key: bytes | None) -> bytes:
-    """The HMAC key to use; `None` means an unauthenticated (insecure) run, tagged with an empty key."""
+def check_key(key: Keys | None) -> Keys:
+    """The key (or key ring) to use; `None` means an unauthenticated (insecure) run, tagged with an
+    empty key."""
     if key is None:
         return b""
-    if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
-        raise GossipError(f"the shared key must be at least {MIN_KEY_BYTES} bytes")
+    for k in key_ring(key):
+        if len(k) < MIN_KEY_BYTES:
+            raise GossipError(f"the shared key must be at least {MIN_KEY_BYTES} bytes")
     return key
 
 

@@ -99,3 +99,32 @@ def test_nodes_mid_rotation_keep_gossiping(tmp_path) -> None:
     run(nodes)
     assert all(not n.rejected for n in nodes)
     assert spread(models(nodes)) < 1e-3 * spread(z0)
+
+
+def test_a_launch_with_a_key_ring_runs(tmp_path) -> None:
+    """`gossipfl launch --key-file` with two keys: the children get the ring and gossip."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_network import topology
+
+    ports = []
+    for _ in range(3):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    path = topology(Path(tmp_path), ports=tuple(ports), experiment='algorithm = "consensus"\ndim = 8\nrounds = 30',
+                    gossip="linger = 2\nsettle_rounds = 2\nstep_interval = 0.005")
+    keys = tmp_path / "ring.key"
+    keys.write_bytes(NEW + b"\n" + OLD + b"\n")
+    done = subprocess.run([sys.executable, "-m", "gossipfl", "launch", str(path), "--key-file", str(keys),
+                           "--processes", "1", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["nodes_finished"] == [0, 1, 2] and not summary["frames"]["rejected"]
