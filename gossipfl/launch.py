@@ -26,7 +26,7 @@ import numpy as np
 
 from .collect import collect, read_jsonl
 from .errors import GossipError
-from .metrics import finite_or_none
+from .metrics import finite_or_none, write_json, write_text
 from .network import Network, is_loopback
 
 ProgressFn = Callable[[dict[int, int]], None]
@@ -218,12 +218,9 @@ def finalize(out: Path, net: Network, work: Any = None) -> dict[str, Any]:
             if records:
                 records[-1]["averaged_model_accuracy"] = float(acc)
     # atomic replacements: several `gossipfl node` processes sharing DIR may merge at once
-    lines = "".join(json.dumps(finite_or_none(rec), allow_nan=False) + "\n" for rec in records)
-    for name, text in (("metrics.jsonl", lines),
-                       ("summary.json", json.dumps(finite_or_none(summary), indent=2, allow_nan=False) + "\n")):
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_text(out / "metrics.jsonl",
+               "".join(json.dumps(finite_or_none(rec), allow_nan=False) + "\n" for rec in records))
+    write_json(out / "summary.json", summary)
     return summary
 
 

@@ -41,9 +41,20 @@ class MetricsWriter:
     def finish(self, summary: dict[str, Any]) -> None:
         """Closes the metrics and writes summary.json atomically (temp file + rename)."""
         self._file.close()
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(finite_or_none(summary), indent=2, default=_jsonable, allow_nan=False) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
+        write_json(self.run_dir / "summary.json", summary)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Writes `value` as JSON atomically (a temporary file, then a rename; the temporary name is
+    per process, so processes writing the same file never mix), NaN and infinities as null."""
+    write_text(path, json.dumps(finite_or_none(value), indent=2, default=_jsonable, allow_nan=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replaces a file's content atomically: readers see the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def finite_or_none(value: Any) -> Any:

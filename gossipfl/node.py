@@ -36,7 +36,7 @@ import trio
 from .collect import FINAL_STEP, sketch_dtype
 from .config import GossipOptions
 from .errors import GossipError, RunDirError
-from .metrics import finite_or_none
+from .metrics import finite_or_none, write_json
 from .transport import Transport
 from .wire import FrameError, Stale, UnknownSender, encode_head, payload_views
 from .workload import Workload
@@ -329,8 +329,9 @@ class Node:
         record: dict[str, Any] = {"step": self.step, "time": time.time(), "w": self.w, **self.counters()}
         if loss is not None:
             record["loss"] = float(loss)
-        model = self.model()
-        if evaluate and self.work.evaluate is not None:
+        evaluate = evaluate and self.work.evaluate is not None
+        model = self.model() if evaluate or sketch else None  # a host copy: not on every step
+        if evaluate:
             test_loss, acc = await self.run_sync(
                 self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
             record.update(test_loss=float(test_loss), accuracy=float(acc))
@@ -357,7 +358,7 @@ class Node:
             test_loss, acc = await self.run_sync(
                 self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
             summary.update(accuracy=float(acc), test_loss=float(test_loss))
-        _write_json(self.out / "summary.json", summary)
+        write_json(self.out / "summary.json", summary)
         self._metrics.close()
         self._sketches.close()
         return summary
@@ -376,7 +377,7 @@ class Node:
             for stale in ("metrics.jsonl", "sketch.bin", "summary.json", "final.npz", "checkpoint.npz",
                           "checkpoint.npz.tmp"):
                 (self.out / stale).unlink(missing_ok=True)
-        _write_json(self.out / "node.json", {
+        write_json(self.out / "node.json", {
             "id": self.id, "peers": self.peers, "sketch_dim": self.work.sketch.dim,
             "parameters": self.work.parameters, "config": self.cfg.to_dict(), "gossip": asdict(self.opts),
         })
@@ -482,8 +483,3 @@ def _truncate_partial(path: Path, handle: Any, *, newline: bool = False, record:
         os.truncate(path, keep)
         handle.seek(keep)
 
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(finite_or_none(value), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
