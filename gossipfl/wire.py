@@ -51,6 +51,11 @@ CHUNK_BYTES = 1 << 20
 # Frames up to this size are written with one send and read (after the prefix) with one receive.
 SMALL_FRAME_BYTES = 256 * 1024
 MIN_KEY_BYTES = 16
+# The largest magnitude a payload value or push-sum weight may have: its square is still finite in
+# float32 (which overflows past 3.4e38), so norms and distances of accepted models stay finite.
+# Running sums of real models stay many orders of magnitude below it; values beyond it are a
+# blown-up or hostile sender, and mixing them in would wreck the model.
+MAX_ABS = 1e18
 
 
 class FrameError(GossipError):
@@ -87,6 +92,10 @@ class NonFinite(FrameError):
     reason = "non_finite"
 
 
+class TooLarge(FrameError):
+    reason = "too_large"
+
+
 class Stale(FrameError):
     reason = "stale"
 
@@ -100,8 +109,8 @@ class ReadTimeout(FrameError):
 
 
 REJECT_REASONS: tuple[str, ...] = tuple(
-    c.reason for c in (BadMagic, BadLength, Truncated, BadTag, BadHeader, Mismatch, NonFinite, Stale,
-                       UnknownSender, ReadTimeout)
+    c.reason for c in (BadMagic, BadLength, Truncated, BadTag, BadHeader, Mismatch, NonFinite, TooLarge,
+                       Stale, UnknownSender, ReadTimeout)
 )
 
 
@@ -304,6 +313,9 @@ def parse_header(raw: bytes, spec: ModelSpec) -> dict[str, Any]:
     weight = _field(header, "w", (float, int))
     if not np.isfinite(weight):
         raise NonFinite("push-sum weight is not finite")
+    if not 0 <= weight <= MAX_ABS:
+        raise (BadHeader("push-sum weight is negative") if weight < 0
+               else TooLarge(f"push-sum weight {weight:.3g} exceeds {MAX_ABS:.0e}"))
     paths = tuple(_field(header, "paths", list))
     shapes = _field(header, "shapes", list)
     dtypes = tuple(_field(header, "dtypes", list))
@@ -320,27 +332,30 @@ def parse_header(raw: bytes, spec: ModelSpec) -> dict[str, Any]:
     return header
 
 
-def check_finite(leaves: Sequence[np.ndarray]) -> None:
-    """Refuses payloads with NaN or Inf (a sum is NaN/Inf exactly when some element is, short of
-    overflow; narrower floats are summed in float64, so only float64 values near its maximum can
-    overflow the sum, and those are refused too)."""
+def check_values(leaves: Sequence[np.ndarray]) -> None:
+    """Refuses payloads holding NaN or Inf (`NonFinite`) or values beyond `MAX_ABS` (`TooLarge`).
+    One max and one min per leaf: NaN propagates through both, so this is one pass each."""
     for leaf in leaves:
-        if leaf.dtype.kind not in "fc":
+        if leaf.size == 0:
             continue
-        wide = np.dtype(np.complex128 if leaf.dtype.kind == "c" else np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = leaf.sum(dtype=wide if leaf.dtype.itemsize < wide.itemsize else None)
-        if not np.isfinite(total):
+        if leaf.dtype.kind == "c":
+            leaf = leaf.view(leaf.real.dtype)
+        elif leaf.dtype.kind != "f":
+            continue
+        hi, lo = float(leaf.max()), float(leaf.min())
+        if not (np.isfinite(hi) and np.isfinite(lo)):
             raise NonFinite("payload holds NaN or Inf values")
+        if max(hi, -lo) > MAX_ABS:
+            raise TooLarge(f"payload holds a value of magnitude {max(hi, -lo):.3g}, beyond {MAX_ABS:.0e}")
 
 
 def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec, header_len: int = 0) -> Frame:
     """A `Frame` from a checked header (`header_len` bytes on the wire) and its verified payload buffer."""
     leaves = spec.split(payload)
     if len(set(spec.dtypes)) == 1:  # one pass over the whole payload instead of one per leaf
-        check_finite([np.frombuffer(payload, dtype=spec.dtypes[0])])
+        check_values([np.frombuffer(payload, dtype=spec.dtypes[0])])
     else:
-        check_finite(leaves)
+        check_values(leaves)
     return Frame(sender=header["from"], kind=header["kind"], incarnation=header["inc"], seq=header["seq"],
                  step=header["step"], weight=float(header["w"]), leaves=leaves,
                  nbytes=PREFIX.size + header_len + len(payload) + TAG_BYTES, final=header.get("fin", False),

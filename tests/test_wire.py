@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from gossipfl.wire import (
     CHUNK_BYTES,
     MAGIC,
+    MAX_ABS,
     MAX_HEADER_BYTES,
     PREFIX,
     TAG_BYTES,
@@ -28,6 +29,7 @@ from gossipfl.wire import (
     Mismatch,
     ModelSpec,
     NonFinite,
+    TooLarge,
     Truncated,
     decode_frame,
     encode_frame,
@@ -173,9 +175,10 @@ def test_big_endian_leaves_go_out_little_endian():
     assert np.array_equal(frame.leaves[0], little)
 
 
-def test_large_finite_half_precision_values_are_accepted():
+def test_large_finite_values_up_to_the_bound_are_accepted():
     spec, _ = model([("<f2", (1000,)), ("<f4", (4,))])
-    leaves = [np.full(1000, 100, np.float16), np.full(4, 3e38, np.float32)]  # sums overflow their own dtype
+    # a float16 sum of these overflows; the float32 ones sit at the bound (1e18 rounds just below it)
+    leaves = [np.full(1000, 100, np.float16), np.full(4, -MAX_ABS, np.float32)]
     frame = decode_frame(encode_frame(spec, leaves, KEY, **META), spec, KEY)
     assert np.array_equal(frame.leaves[0], leaves[0]) and np.array_equal(frame.leaves[1], leaves[1])
 
@@ -186,6 +189,8 @@ NAN_PAYLOAD = [leaf.copy() for leaf in LEAVES]
 NAN_PAYLOAD[0][1, 2] = np.nan
 HALF_INF = [leaf.copy() for leaf in LEAVES]
 HALF_INF[1][3] = -np.inf
+HUGE = [leaf.copy() for leaf in LEAVES]
+HUGE[0][0, 0] = -1e30  # finite, but its square is not (in float32)
 HEADER = msgpack.packb(good_header())
 
 REFUSALS = {
@@ -228,9 +233,12 @@ REFUSALS = {
     "NaN payload": (encode_frame(SPEC, NAN_PAYLOAD, KEY, **META), KEY, NonFinite, "NaN"),
     "-Inf half payload": (encode_frame(SPEC, HALF_INF, KEY, **META), KEY, NonFinite, "NaN or Inf"),
     **{f"weight {w}": (signed(good_header({"w": w})), KEY, NonFinite, "weight") for w in (np.nan, np.inf, -np.inf)},
+    "huge payload value": (encode_frame(SPEC, HUGE, KEY, **META), KEY, TooLarge, "beyond"),
+    "huge weight": (signed(good_header({"w": 1e19})), KEY, TooLarge, "weight"),
+    "negative weight": (signed(good_header({"w": -0.5})), KEY, BadHeader, "negative"),
 }
 REASONS = {BadTag: "bad_tag", Truncated: "truncated", BadMagic: "bad_magic", BadLength: "bad_length",
-           BadHeader: "bad_header", Mismatch: "mismatch", NonFinite: "non_finite"}
+           BadHeader: "bad_header", Mismatch: "mismatch", NonFinite: "non_finite", TooLarge: "too_large"}
 
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
@@ -356,7 +364,12 @@ def test_fuzz_every_frame_decodes_exactly_or_is_refused():
     def random_payloads(payload):
         result = check(signed(HEADER, payload), good_header(), payload)
         floats = [a for a in SPEC.split(payload) if a.dtype.kind == "f"]
-        assert isinstance(result, NonFinite) == (not all(np.isfinite(a).all() for a in floats))
+        finite = all(np.isfinite(a).all() for a in floats)
+        beyond = finite and any((np.abs(a) > MAX_ABS).any() for a in floats)
+        # refused exactly when some value is NaN, Inf or too large (the first bad leaf names the reason)
+        assert isinstance(result, NonFinite | TooLarge) == (not finite or beyond)
+        if finite:
+            assert isinstance(result, TooLarge) == beyond
 
     for run in (arbitrary_bytes, arbitrary_headers, one_field_replaced, one_item_replaced, random_payloads):
         run()
