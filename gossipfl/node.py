@@ -102,6 +102,8 @@ class Node:
         self.incarnation = time.time_ns() // 1_000_000
         self.accepted = 0
         self.rejected: Counter = Counter()
+        # per neighbour, what became of the frames that came from it (see `counters`)
+        self.inbound: dict[int, Counter] = {j: Counter() for j in self.peers}
         self._arrived = trio.Event()
         self.absorbed_seq: dict[int, int] = {}  # neighbour -> seq of its newest frame absorbed here
         self.rho_inc: dict[int, int] = {}  # neighbour -> the incarnation its absorbed running sum came from
@@ -123,14 +125,22 @@ class Node:
             if item.sender not in self.share_of:
                 item = UnknownSender(f"frame from {item.sender}, not a neighbour of node {self.id}")
             elif item.order <= self.last_seen.get(item.sender, (-1, -1)):
-                item = Stale(f"frame {item.order} from {item.sender} is not newer than {self.last_seen[item.sender]}")
+                stale = Stale(f"frame {item.order} from {item.sender} is not newer than {self.last_seen[item.sender]}")
+                stale.sender, item = item.sender, stale
         if isinstance(item, FrameError):
             self.rejected[item.reason] += 1
+            if item.sender in self.inbound:
+                self.inbound[item.sender]["received"] += 1
+                self.inbound[item.sender]["rejected"] += 1
             if self.rejected[item.reason] in (1, 10, 100) or self.rejected[item.reason] % 1000 == 0:
                 log.warning("node %d: frame rejected (%s): %s [%d so far]", self.id, item.reason, item,
                             self.rejected[item.reason])
             return
         self.accepted += 1
+        inbound = self.inbound[item.sender]
+        inbound["received"] += 1
+        if item.sender in self.mailbox:  # overload: the newest frame replaces one not yet absorbed
+            inbound["superseded"] += 1
         previous = self.last_seen.get(item.sender)
         if previous is not None and previous[0] != item.incarnation:
             # the neighbour restarted: its seq numbers, and so its acks of ours, begin again
@@ -282,6 +292,7 @@ class Node:
                 self.w += frame.weight - self.rho_w[j]
             self.rho[j], self.rho_w[j], self.rho_inc[j] = frame.leaves, frame.weight, frame.incarnation
             self.absorbed_seq[j] = frame.seq
+            self.inbound[j]["absorbed"] += 1
 
     def _pushes_to(self, j: int) -> bool:
         """Whether neighbour j takes a share now: its link is up; it has not finished; it is not
@@ -319,14 +330,40 @@ class Node:
         """The de-biased model z = x / w this node would deploy."""
         return [np.asarray(a) / self.w for a in self.x]
 
-    def counters(self) -> dict[str, Any]:
+    def counters(self, *, links: bool = False) -> dict[str, Any]:
+        """Frame counters for metrics. With `links`, per neighbour j (key str(j)):
+
+        - frames for j: `queued` = `written` + `dropped` (+ at most 2 waiting or being written
+          while the node runs; none once it has stopped), see `transport.PeerCounts`;
+        - frames from j: `received` = `accepted` + `rejected`, and `accepted` = `absorbed` +
+          `superseded` (replaced in the mailbox by a newer frame before it was mixed in, or left
+          there when the node stopped) + at most 1 waiting in the mailbox.
+
+        Across a link, what j wrote to this node and what this node received from j differ only
+        by frames in flight when the link broke or a node stopped. Refusals that cannot be pinned
+        on a neighbour (bad tag, broken framing, an unknown sender) are `rejected_unattributed`;
+        `rejected` counts every refusal by reason."""
         stats = self.transport.stats
-        return {"frames_sent": stats.frames_sent, "bytes_sent": stats.bytes_sent,
-                "frames_accepted": self.accepted, "bytes_received": stats.bytes_received,
-                "frames_replaced": stats.replaced, "rejected": dict(self.rejected)}
+        out = {"frames_sent": stats.frames_sent, "bytes_sent": stats.bytes_sent,
+               "frames_accepted": self.accepted, "bytes_received": stats.bytes_received,
+               "frames_replaced": stats.replaced, "rejected": dict(self.rejected)}
+        if links:
+            table = {}
+            for j in self.peers:
+                sent, got = stats.peer(j), self.inbound[j]
+                table[str(j)] = {"queued": sent.queued, "written": sent.written, "dropped": sent.dropped,
+                                 "received": got["received"], "accepted": got["received"] - got["rejected"],
+                                 "rejected": got["rejected"], "absorbed": got["absorbed"],
+                                 "superseded": got["superseded"]}
+            out["links"] = table
+            attributed = sum(g["rejected"] for g in self.inbound.values())
+            out["rejected_unattributed"] = sum(self.rejected.values()) - attributed
+            out["connections_refused"] = stats.connections_refused
+        return out
 
     async def _record(self, *, loss: Any, evaluate: bool, sketch: bool) -> None:
-        record: dict[str, Any] = {"step": self.step, "time": time.time(), "w": self.w, **self.counters()}
+        record: dict[str, Any] = {"step": self.step, "time": time.time(), "w": self.w,
+                                  **self.counters(links=evaluate)}
         if loss is not None:
             record["loss"] = float(loss)
         evaluate = evaluate and self.work.evaluate is not None
@@ -335,8 +372,7 @@ class Node:
             test_loss, acc = await self.run_sync(
                 self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
             record.update(test_loss=float(test_loss), accuracy=float(acc))
-        self._metrics.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
-        self._metrics.flush()
+        self._log(record)
         if sketch:
             await self._write_sketch(self.step, record["time"], model)
 
@@ -345,21 +381,23 @@ class Node:
         row = np.zeros(1, sketch_dtype(self.work.sketch.dim))
         row["step"], row["time"], row["v"] = step, when, vec
         self._sketches.write(row.tobytes())
-        self._sketches.flush()
 
     async def _finish(self, seconds: float) -> dict[str, Any]:
+        for j in self.mailbox:  # frames that came too late to be mixed in
+            self.inbound[j]["superseded"] += 1
+        self.mailbox = {}
         model = self.model()
         await self._write_sketch(FINAL_STEP, time.time(), model)  # the model it leaves with, after settling
         await self.run_sync(write_checkpoint, self.out / "final.npz",
                             {f"z/{i}": a for i, a in enumerate(model)})
         summary = {"id": self.id, "steps": self.step, "wall_seconds": seconds, "w": self.w,
-                   "resumed_from": self.resumed_from, **self.counters()}
+                   "resumed_from": self.resumed_from, **self.counters(links=True)}
         if self.work.evaluate is not None:
             test_loss, acc = await self.run_sync(
                 self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
             summary.update(accuracy=float(acc), test_loss=float(test_loss))
         write_json(self.out / "summary.json", summary)
-        self._metrics.close()
+        os.close(self._metrics)
         self._sketches.close()
         return summary
 
@@ -381,15 +419,21 @@ class Node:
             "id": self.id, "peers": self.peers, "sketch_dim": self.work.sketch.dim,
             "parameters": self.work.parameters, "config": self.cfg.to_dict(), "gossip": asdict(self.opts),
         })
-        self._metrics = (self.out / "metrics.jsonl").open("a", encoding="utf-8")
-        self._sketches = (self.out / "sketch.bin").open("ab")
         if self.resumed_from is not None:
-            # a killed writer may have left half a line or half a sketch row: cut them off
-            _truncate_partial(self.out / "metrics.jsonl", self._metrics, newline=True)
-            _truncate_partial(self.out / "sketch.bin", self._sketches,
-                              record=sketch_dtype(self.work.sketch.dim).itemsize)
-            self._metrics.write(json.dumps({"step": self.step, "time": time.time(), "event": "resumed"}) + "\n")
-            self._metrics.flush()
+            # What was logged after the checkpoint describes steps that are redone now, and a
+            # killed writer may have left half a line or half a sketch row: cut both off, so the
+            # logs read as one run whose step never goes back.
+            _cut_jsonl_after(self.out / "metrics.jsonl", self.step)
+            _cut_sketches_after(self.out / "sketch.bin", self.step, sketch_dtype(self.work.sketch.dim))
+        # Each record goes out in one write() to an O_APPEND file: nothing buffered is lost on a
+        # crash, and records of a killed node end whole (short of the disk filling up).
+        self._metrics = os.open(self.out / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._sketches = (self.out / "sketch.bin").open("ab", buffering=0)
+        if self.resumed_from is not None:
+            self._log({"step": self.step, "time": time.time(), "event": "resumed"})
+
+    def _log(self, record: dict[str, Any]) -> None:
+        os.write(self._metrics, (json.dumps(finite_or_none(record), allow_nan=False) + "\n").encode())
 
     def checkpoint_arrays(self) -> dict[str, np.ndarray]:
         """The node's whole state as named arrays, taken on the event loop (so no frame arriving
@@ -408,7 +452,9 @@ class Node:
                 "last_seen": {str(k): list(v) for k, v in self.last_seen.items()}, "accepted": self.accepted,
                 "rho_inc": {str(k): v for k, v in self.rho_inc.items()}, "incarnation": self.incarnation,
                 "link": {k: getattr(self.transport.stats, k) for k in _LINK_COUNTERS},
-                "rejected": dict(self.rejected), "rng": self.rng.bit_generator.state}
+                "rejected": dict(self.rejected), "rng": self.rng.bit_generator.state,
+                "peer_out": {str(j): asdict(self.transport.stats.peer(j)) for j in self.peers},
+                "peer_in": {str(j): dict(self.inbound[j]) for j in self.peers}}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         return arrays
 
@@ -441,6 +487,11 @@ class Node:
             for k in _LINK_COUNTERS:  # the counters go on from where they were
                 setattr(self.transport.stats, k, int(meta["link"][k]))
             self.accepted, self.rejected = int(meta["accepted"]), Counter(meta["rejected"])
+            for j in self.peers:  # frames queued before the crash and not written count as dropped
+                queued, written = (int(meta["peer_out"][str(j)][k]) for k in ("queued", "written"))
+                counts = self.transport.stats.peer(j)
+                counts.queued, counts.written, counts.dropped = queued, written, queued - written
+                self.inbound[j] = Counter({k: int(v) for k, v in meta["peer_in"][str(j)].items()})
             self.rng.bit_generator.state = meta["rng"]
         except Exception as e:  # a damaged file fails in many ways (zip, npy, JSON, types)
             raise RunDirError(f"cannot resume node {self.id} from {path}: {e}; delete it (or pass --fresh) "
@@ -470,16 +521,32 @@ def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def _truncate_partial(path: Path, handle: Any, *, newline: bool = False, record: int = 0) -> None:
-    size = path.stat().st_size
-    keep = size
-    if newline and size:
-        data = path.read_bytes()
-        keep = data.rfind(b"\n") + 1
-    elif record:
-        keep = size - size % record
-    if keep != size:
-        handle.flush()
+def _cut_jsonl_after(path: Path, step: int) -> None:
+    """Cuts a node's metrics.jsonl at its first torn line or record past `step`."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    keep = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+            whole = line.endswith(b"\n") and isinstance(record, dict)
+        except ValueError:
+            whole = False
+        if not whole or (isinstance(record.get("step"), int) and record["step"] > step):
+            break
+        keep += len(line)
+    if keep != len(data):
         os.truncate(path, keep)
-        handle.seek(keep)
 
+
+def _cut_sketches_after(path: Path, step: int, dtype: np.dtype) -> None:
+    """Cuts a node's sketch.bin at its first torn row or row past `step`."""
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    rows = np.fromfile(path, dtype, count=size // dtype.itemsize)
+    past = np.flatnonzero(rows["step"] > step)
+    keep = (int(past[0]) if past.size else rows.size) * dtype.itemsize
+    if keep != size:
+        os.truncate(path, keep)

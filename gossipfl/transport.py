@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -49,8 +49,25 @@ _FATAL = ("bad_magic", "bad_length", "truncated", "bad_tag", "timeout")
 
 
 @dataclass
+class PeerCounts:
+    """What happened to the frames a node handed over for one neighbour: every frame `queued` is,
+    once the transport has stopped, either `written` (its last byte went into the socket) or
+    `dropped` (replaced in the one-frame outbox by a newer one, or discarded when the link failed
+    before or while it was written). While running, at most one frame waits and one is being
+    written, so queued - written - dropped is 0, 1 or 2."""
+
+    queued: int = 0
+    written: int = 0
+    dropped: int = 0
+
+    def pending(self) -> int:
+        return self.queued - self.written - self.dropped
+
+
+@dataclass
 class LinkStats:
-    """Counters of one transport, for metrics: frames and bytes each way, refusals by reason."""
+    """Counters of one transport, for metrics: frames and bytes each way, refusals by reason, and
+    per neighbour (`peers`) what became of the frames queued for it."""
 
     frames_sent: int = 0
     bytes_sent: int = 0
@@ -60,6 +77,13 @@ class LinkStats:
     send_failures: int = 0
     connections_refused: int = 0
     rejected: Counter = field(default_factory=Counter)
+    peers: dict[int, PeerCounts] = field(default_factory=dict)
+
+    def peer(self, peer: int) -> PeerCounts:
+        counts = self.peers.get(peer)
+        if counts is None:
+            counts = self.peers[peer] = PeerCounts()
+        return counts
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +91,7 @@ class LinkStats:
             "frames_received": self.frames_received, "bytes_received": self.bytes_received,
             "replaced": self.replaced, "send_failures": self.send_failures,
             "connections_refused": self.connections_refused, "rejected": dict(self.rejected),
+            "peers": {str(p): asdict(c) for p, c in sorted(self.peers.items())},
         }
 
 
@@ -112,6 +137,21 @@ class Transport(ABC):
         so that stopping right after does not cut a frame in half."""
         while self._writing or any(o.frame is not None for o in self._outboxes.values()):
             await trio.sleep(0.01)
+
+    def _queue(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> None:
+        """Puts a frame in the peer's outbox, replacing (and counting as dropped) one not yet sent."""
+        counts = self.stats.peer(peer)
+        counts.queued += 1
+        if self._outboxes[peer].put((head, payload)):
+            self.stats.replaced += 1
+            counts.dropped += 1
+
+    def _discard(self, peer: int) -> None:
+        """Empties the peer's outbox (its link went down): the waiting frame counts as dropped."""
+        outbox = self._outboxes.get(peer)
+        if outbox is not None and outbox.frame is not None:
+            outbox.frame = None
+            self.stats.peer(peer).dropped += 1
 
     def _received(self, result: Any) -> None:
         """Counts a frame (or refusal) and hands it to the node."""
@@ -167,8 +207,7 @@ class TcpTransport(Transport):
     def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool:
         if peer not in self._up:
             return False
-        if self._outboxes[peer].put((head, payload)):
-            self.stats.replaced += 1
+        self._queue(peer, head, payload)
         return True
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -256,13 +295,13 @@ class TcpTransport(Transport):
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._watch_closed, stream, nursery.cancel_scope)
                         try:
-                            await self._send_frames(stream, outbox)
+                            await self._send_frames(stream, outbox, peer)
                         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
                             self.stats.send_failures += 1
                         nursery.cancel_scope.cancel()
                 finally:
                     self._up.discard(peer)
-                    outbox.frame = None
+                    self._discard(peer)
                     await trio.aclose_forcefully(stream)
                 # Only a link that held for a while resets the backoff: a peer that accepts and
                 # hangs up at once (over its connection cap, restarting) is not redialled in a loop.
@@ -285,18 +324,24 @@ class TcpTransport(Transport):
             pass
         scope.cancel()
 
-    async def _send_frames(self, stream: trio.SocketStream, outbox: _Outbox) -> None:
+    async def _send_frames(self, stream: trio.SocketStream, outbox: _Outbox, peer: int) -> None:
+        counts = self.stats.peer(peer)
         while True:
             head, payload = await outbox.take()
             nbytes = sum(len(v) for v in payload)
             self._writing += 1
+            written = False
             try:
                 with trio.fail_after(self.timeouts.frame(nbytes)):
                     size = await write_frame(stream.send_all, head, payload, self.key)
+                written = True
             finally:
                 self._writing -= 1
+                if not written:  # failed or cancelled part-way: the frame is gone
+                    counts.dropped += 1
             self.stats.frames_sent += 1
             self.stats.bytes_sent += size
+            counts.written += 1
 
 
 class MemoryNetwork:
@@ -305,7 +350,9 @@ class MemoryNetwork:
     Frames go through the same encoder and decoder as on TCP. `loss`, `duplicate` are
     probabilities per frame; `delay` is a fixed latency plus up to `jitter` seconds (trio time, so
     under MockClock a test of minutes of network time runs in moments). `cut(a, b)` / `heal(a, b)`
-    take a link down and up.
+    take a link down and up. `counts[(src, dst)]` says what the network did with each link's frames:
+    `lost`, `duplicated`, `delivered` (each copy handed to the receiver's decoder) and
+    `undelivered` (a copy that arrived at a stopped node or a cut link).
     """
 
     def __init__(self, *, seed: int = 0, loss: float = 0.0, duplicate: float = 0.0, delay: float = 0.0,
@@ -317,6 +364,7 @@ class MemoryNetwork:
         self._nodes: dict[int, MemoryTransport] = {}
         self._running: set[int] = set()
         self._cut: set[frozenset[int]] = set()
+        self.counts: dict[tuple[int, int], Counter] = defaultdict(Counter)
 
     def transport(self, node_id: int, peers: Sequence[int], spec: ModelSpec, key: bytes,
                   deliver: Deliver) -> MemoryTransport:
@@ -339,8 +387,10 @@ class MemoryNetwork:
 
     def _route(self, src: int, dst: int, blob: bytes) -> None:
         if self._rng.random() < self.loss:
+            self.counts[src, dst]["lost"] += 1
             return
         copies = 2 if self._rng.random() < self.duplicate else 1
+        self.counts[src, dst]["duplicated"] += copies - 1
         for _ in range(copies):
             latency = self.delay + self.jitter * self._rng.random()
             self._nodes[src]._schedule(latency, dst, blob)
@@ -362,34 +412,37 @@ class MemoryTransport(Transport):
     def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool:
         if peer not in self._outboxes or not self.is_up(peer):
             return False
-        if self._outboxes[peer].put((head, payload)):
-            self.stats.replaced += 1
+        self._queue(peer, head, payload)
         return True
 
     async def _sender(self, peer: int) -> None:
         outbox = self._outboxes[peer]
+        counts = self.stats.peer(peer)
         while True:
             head, payload = await outbox.take()
             if not self.is_up(peer):  # the link went down while the frame waited
                 self.stats.send_failures += 1
+                counts.dropped += 1
                 continue
             blob = join_frame(head, payload, self.key)
             self.stats.frames_sent += 1
             self.stats.bytes_sent += len(blob)
+            counts.written += 1
             self.network._route(self.node_id, peer, blob)
 
     def _schedule(self, latency: float, dst: int, blob: bytes) -> None:
         self._send_channel.send_nowait((latency, dst, blob))
 
-    def _receive_blob(self, blob: bytes) -> None:
+    def _receive_blob(self, blob: bytes) -> bool:
         if self.node_id not in self.network._running:
-            return
+            return False
         try:
             frame = decode_frame(blob, self.spec, self.key)
         except FrameError as e:
             self._received(e)
-            return
+            return True
         self._received(frame)
+        return True
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.network._running.add(self.node_id)
@@ -405,13 +458,13 @@ class MemoryTransport(Transport):
                         nursery.start_soon(self._later, latency, dst, blob)
         finally:
             self.network._running.discard(self.node_id)
-            for outbox in self._outboxes.values():
-                outbox.frame = None
+            for peer in self._outboxes:
+                self._discard(peer)
 
     async def _later(self, latency: float, dst: int, blob: bytes) -> None:
         await trio.sleep(latency)
         self._deliver_to(dst, blob)
 
     def _deliver_to(self, dst: int, blob: bytes) -> None:
-        if self.network.link_up(self.node_id, dst):
-            self.network._nodes[dst]._receive_blob(blob)
+        done = self.network.link_up(self.node_id, dst) and self.network._nodes[dst]._receive_blob(blob)
+        self.network.counts[self.node_id, dst]["delivered" if done else "undelivered"] += 1

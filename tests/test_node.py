@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from gossipfl.collect import collect
+from gossipfl.collect import FINAL_STEP, collect, read_sketches
 from gossipfl.config import GossipOptions, make_config
 from gossipfl.errors import RunDirError
 from gossipfl.metrics import fit_rate
@@ -214,6 +214,29 @@ def test_torus_converges_despite_faults(tmp_path, faults):
     assert spread(models(nodes)) < 1e-2 * spread(z0)
     if faults.get("duplicate"):
         assert sum(n.rejected["stale"] for n in nodes) > 0  # duplicates and overtaken frames refused
+    assert_every_frame_accounted(nodes, net)
+
+
+def assert_every_frame_accounted(nodes: list[Node], net: MemoryNetwork) -> None:
+    """Per link j -> i: every frame j queued was written or dropped; every copy the network
+    delivered was received by i, and i absorbed, superseded or refused each; what j wrote and the
+    network did not lose, deliver or refuse to deliver was still in flight at the end (a few)."""
+    by_id = {n.id: n for n in nodes}
+    for i, node in by_id.items():
+        summary = json.loads((node.out / "summary.json").read_text())
+        assert summary["rejected_unattributed"] == 0
+        for j in node.peers:
+            sent = by_id[j].transport.stats.peer(i)
+            assert sent.pending() == 0 and sent.queued == sent.written + sent.dropped > 0, (j, i, sent)
+            link = summary["links"][str(j)]
+            assert 0 <= link["queued"] - link["written"] - link["dropped"] <= 2, link  # summary: still running
+            assert link["received"] == net.counts[j, i]["delivered"], (j, i, link, net.counts[j, i])
+            assert link["accepted"] == link["absorbed"] + link["superseded"], (j, i, link)
+            assert link["received"] == link["accepted"] + link["rejected"] == node.inbound[j]["received"]
+            counts = net.counts[j, i]
+            arrived = counts["delivered"] + counts["undelivered"]
+            in_flight = sent.written + counts["duplicated"] - counts["lost"] - arrived
+            assert 0 <= in_flight <= 2, (j, i, sent, counts)
 
 
 def test_bad_frames_are_counted_and_ignored(tmp_path):
@@ -236,10 +259,16 @@ def test_bad_frames_are_counted_and_ignored(tmp_path):
         net.inject(0, frame(weight=np.inf))  # non_finite weight
         net.inject(0, frame(sender=4))  # unknown_sender: 4 is not a neighbour of 0
         net.inject(0, frame(seq=1))  # stale: a replay of node 1's first frame
+        net.inject(0, frame(value=-1e30))  # too_large: finite, but far beyond any real model
+        net.inject(0, frame(weight=-0.5))  # bad_header: a negative push-sum weight
 
     run(nodes, attack)
     assert dict(target.rejected) == {"bad_magic": 1, "bad_tag": 1, "non_finite": 2, "unknown_sender": 1,
-                                     "stale": 1}
+                                     "stale": 1, "too_large": 1, "bad_header": 1}
+    # refusals of authenticated frames are pinned on the link they claim; the rest are not
+    summary = json.loads((target.out / "summary.json").read_text())
+    assert summary["rejected_unattributed"] == 3  # bad_magic, bad_tag, unknown_sender
+    assert summary["links"]["1"]["rejected"] == 5 and summary["links"]["7"]["rejected"] == 0
     assert all(not n.rejected for n in nodes[1:])
     _, w = network_mass(nodes)
     assert abs(w - 8) < 1e-9
@@ -330,6 +359,11 @@ def test_restart_resumes_from_the_last_checkpoint(tmp_path):
     assert [saved[n.id]["step"] for n in nodes] == [n.step // 10 * 10 for n in nodes]
     assert any(n.step % 10 for n in nodes)  # some node got past its last checkpoint
     (tmp_path / "node-0" / "checkpoint.npz.tmp").write_bytes(b"half a checkpo")
+    ahead = [n.id for n in nodes if n.step > saved[n.id]["step"]]  # logged steps the restart redoes
+    with (tmp_path / "node-0" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 99, "time": 1.0, "lo')  # as a kill mid-write could leave it
+    with (tmp_path / "node-0" / "sketch.bin").open("ab") as f:
+        f.write(b"half a row")
 
     back = make_nodes(work, MemoryNetwork(seed=10), tmp_path, resume=True, checkpoint_every=10,
                       interval=lambda i: 0.01 * (1 + 0.2 * i))
@@ -341,9 +375,15 @@ def test_restart_resumes_from_the_last_checkpoint(tmp_path):
 
     run(back)
     assert [n.step for n in back] == [60] * 4
-    log = [json.loads(line) for line in (tmp_path / "node-0" / "metrics.jsonl").read_text().splitlines()]
-    resumed = next(i for i, r in enumerate(log) if r.get("event") == "resumed")
-    assert [r["step"] for r in log[resumed:resumed + 3]] == [saved[0]["step"] + k for k in range(3)]
+    for node in back:  # the logs read as one run: whole records, steps never going back
+        log = [json.loads(line) for line in (node.out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in log]
+        assert steps == sorted(steps) and steps[-1] == 60, (node.id, steps)
+        resumed = next(i for i, r in enumerate(log) if r.get("event") == "resumed")
+        assert [r["step"] for r in log[resumed:resumed + 3]] == [saved[node.id]["step"] + k for k in range(3)]
+        rows = read_sketches(node.out / "sketch.bin", work.sketch.dim)
+        assert rows["step"][-1] == FINAL_STEP and list(rows["step"][:-1]) == sorted(set(rows["step"][:-1]))
+    assert ahead, "no node had logged steps past its checkpoint: nothing was cut"
     assert spread(models(back)) < 1e-4 * spread(z0)
     assert rel(models(back).mean(axis=0), x0 / 4) < 1e-4
 
