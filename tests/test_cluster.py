@@ -121,9 +121,11 @@ def test_sigkill_and_restart_resumes_from_checkpoint(tmp_path, procs):
     assert resumed["step"] == saved, (resumed, saved, killed_at)
     before_kill = [r["step"] for r in records[:at]]
     after = [r["step"] for r in records[at + 1:]]
-    assert before_kill[0] == 0 and max(before_kill) == killed_at
+    # what it logged past its checkpoint (up to killed_at) was cut on resume: those steps were redone
+    assert before_kill[0] == 0 and max(before_kill) == saved and killed_at > saved, (before_kill[-3:], killed_at)
     assert after and after[0] == saved + 1 and after[-1] == rounds, after[:3]
-    assert all(b > a for a, b in zip(after, after[1:], strict=False)), "steps after the resume go backwards"
+    steps = [r["step"] for r in records]
+    assert all(b >= a for a, b in zip(steps, steps[1:], strict=False)), "the logged steps go backwards"
     summary2 = json.loads((dirs[2] / "summary.json").read_text())
     assert summary2["resumed_from"] == saved and summary2["steps"] == rounds
     # back in the network, not alone: it pushed to and heard from its neighbours all along
