@@ -59,9 +59,12 @@ MAX_ABS = 1e18
 
 
 class FrameError(GossipError):
-    """A frame was refused. `reason` is the short name it is counted under."""
+    """A frame was refused. `reason` is the short name it is counted under; `sender` is the
+    neighbour an authenticated frame came from when its header got far enough to say (None for
+    frames refused before that, e.g. a bad tag), so refusals can be counted per link."""
 
     reason = "bad_frame"
+    sender: int | None = None
 
 
 class BadMagic(FrameError):
@@ -290,12 +293,27 @@ def _field(header: dict, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _attributed(error: FrameError, header: Any) -> FrameError:
+    """Names the sender on a refusal of an authenticated frame whose header says who it is."""
+    sender = header.get("from") if isinstance(header, dict) else None
+    if isinstance(sender, int) and not isinstance(sender, bool) and 0 <= sender < 2**63:
+        error.sender = sender
+    return error
+
+
 def parse_header(raw: bytes, spec: ModelSpec) -> dict[str, Any]:
     """The msgpack header of an authenticated frame, checked against the local model."""
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several unrelated types for malformed input
         raise BadHeader(f"header is not valid msgpack ({type(e).__name__})") from None
+    try:
+        return _check_header(header, spec)
+    except FrameError as e:
+        raise _attributed(e, header) from None
+
+
+def _check_header(header: Any, spec: ModelSpec) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise BadHeader("header is not a map")
     kind = _field(header, "kind", str)
@@ -352,10 +370,13 @@ def check_values(leaves: Sequence[np.ndarray]) -> None:
 def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec, header_len: int = 0) -> Frame:
     """A `Frame` from a checked header (`header_len` bytes on the wire) and its verified payload buffer."""
     leaves = spec.split(payload)
-    if len(set(spec.dtypes)) == 1:  # one pass over the whole payload instead of one per leaf
-        check_values([np.frombuffer(payload, dtype=spec.dtypes[0])])
-    else:
-        check_values(leaves)
+    try:
+        if len(set(spec.dtypes)) == 1:  # one pass over the whole payload instead of one per leaf
+            check_values([np.frombuffer(payload, dtype=spec.dtypes[0])])
+        else:
+            check_values(leaves)
+    except FrameError as e:
+        raise _attributed(e, header) from None
     return Frame(sender=header["from"], kind=header["kind"], incarnation=header["inc"], seq=header["seq"],
                  step=header["step"], weight=float(header["w"]), leaves=leaves,
                  nbytes=PREFIX.size + header_len + len(payload) + TAG_BYTES, final=header.get("fin", False),
