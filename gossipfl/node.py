@@ -127,7 +127,7 @@ class Node:
         if isinstance(item, FrameError):
             self.rejected[item.reason] += 1
             if self.rejected[item.reason] in (1, 10, 100) or self.rejected[item.reason] % 1000 == 0:
-                log.warning("node %d: frame rejected (%s): %s [%d so far]", self.id, item.reason, item,
+                log.warning("node %d: %s (%s): %s [%d so far]", self.id, item.what, item.reason, item,
                             self.rejected[item.reason])
             return
         self.accepted += 1
@@ -353,7 +353,7 @@ class Node:
         await self.run_sync(write_checkpoint, self.out / "final.npz",
                             {f"z/{i}": a for i, a in enumerate(model)})
         summary = {"id": self.id, "steps": self.step, "wall_seconds": seconds, "w": self.w,
-                   "resumed_from": self.resumed_from, **self.counters()}
+                   "resumed_from": self.resumed_from, "tls": self.transport.tls, **self.counters()}
         if self.work.evaluate is not None:
             test_loss, acc = await self.run_sync(
                 self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
@@ -380,6 +380,7 @@ class Node:
         write_json(self.out / "node.json", {
             "id": self.id, "peers": self.peers, "sketch_dim": self.work.sketch.dim,
             "parameters": self.work.parameters, "config": self.cfg.to_dict(), "gossip": asdict(self.opts),
+            "tls": self.transport.tls,
         })
         self._metrics = (self.out / "metrics.jsonl").open("a", encoding="utf-8")
         self._sketches = (self.out / "sketch.bin").open("ab")

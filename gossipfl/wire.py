@@ -54,9 +54,10 @@ MIN_KEY_BYTES = 16
 
 
 class FrameError(GossipError):
-    """A frame was refused. `reason` is the short name it is counted under."""
+    """A frame was refused. `reason` is the short name it is counted under; `what` says what was refused."""
 
     reason = "bad_frame"
+    what = "frame rejected"
 
 
 class BadMagic(FrameError):
