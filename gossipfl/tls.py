@@ -149,7 +149,7 @@ def load_tls(files: TlsFiles) -> TlsContexts:
 def describe(error: ssl.SSLError) -> str:
     """A short text for a TLS error: the certificate check that failed, or the alert or protocol error."""
     if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
-        return f"certificate verify failed: {error.verify_message}"
+        return f"certificate verify failed: {error.verify_message.rstrip('.')}"
     text = str(error.reason or error).lower().replace("_", " ")
     if any(words in text for words in _NOT_TLS):
         text += " (not TLS: a node running without TLS, or not a gossipfl node)"

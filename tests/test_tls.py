@@ -9,6 +9,8 @@ from another CA and for another address.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import shlex
 import socket
@@ -23,7 +25,10 @@ import pytest
 import trio
 import trustme
 from cluster import assert_converged, cli, env_with, local_topology
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from gossipfl.cli import app
@@ -46,7 +51,8 @@ FAST = Timeouts(connect=2.0, backoff_min=0.01, backoff_max=0.1)
 @dataclass
 class Pki:
     """PEM files in `dir`: ca.pem and node-<id>.pem/.key of the CA (node 0-3, for 127.0.0.1), and
-    `other` (127.0.0.1, from another CA) and `wrong-host` (127.0.0.2, from the CA)."""
+    `other` (127.0.0.1, from another CA), and from the CA `wrong-host` (127.0.0.2), `named`
+    (localhost) and `server-only` (127.0.0.1, extendedKeyUsage serverAuth only)."""
 
     dir: Path
 
@@ -64,6 +70,24 @@ def _write_leaf(ca: trustme.CA, directory: Path, name: str, *hosts: str) -> trus
     return leaf
 
 
+def _write_server_only_leaf(ca: trustme.CA, directory: Path, name: str) -> None:
+    """A certificate for 127.0.0.1 whose extendedKeyUsage allows serverAuth only (trustme's allow
+    both), signed with the CA's key through `cryptography`."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .sign(ca_key, hashes.SHA256()))
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
@@ -75,6 +99,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     _write_leaf(other_ca, directory, "other", HOST)
     _write_leaf(ca, directory, "wrong-host", "127.0.0.2")
     _write_leaf(ca, directory, "named", "localhost")
+    _write_server_only_leaf(ca, directory, "server-only")
     return Pki(directory)
 
 
@@ -291,6 +316,8 @@ def test_check_identity_accepts_the_right_certificate_and_says_what_is_wrong_wit
         check_identity(pki.contexts("node-3"), 3, "node3.lan")
     with pytest.raises(ConfigError, match="does not verify against the CA"):
         check_identity(load_tls(pki.files("other")), 0, HOST)
+    with pytest.raises(ConfigError, match="refused as a client certificate.*needs extendedKeyUsage clientAuth"):
+        check_identity(pki.contexts("server-only"), 0, HOST)
 
 
 def test_tls_files_are_all_or_nothing() -> None:
