@@ -437,7 +437,8 @@ def _print_launch_summary(s: dict[str, Any]) -> None:
     table = Table(title="launch result", show_header=False)
     final, frames = s["final"], s["frames"]
     table.add_row("nodes", f"{s['topology']['nodes']} ({len(s['nodes_finished'])} finished), "
-                  f"{s['topology'].get('edges', '?')} edges, {s['topology'].get('weights', '?')} weights")
+                  f"{s['topology'].get('edges', '?')} edges, {s['topology'].get('weights', '?')} weights"
+                  f"{', every link mutual TLS' if s.get('tls') else ''}")
     if "consensus_distance" in final:
         table.add_row("consensus distance", f"{final['initial_consensus_distance']:.3e} -> "
                       f"{final['consensus_distance']:.3e} in {s.get('wall_seconds', 0):.1f} s")
