@@ -23,6 +23,11 @@ time, the throughput with one idle core per side. On a shared or loaded machine 
 figures swing with other processes' load (the header prints the load average); the CPU figures
 much less so.
 
+With `--tls`, a third mode runs in the same session: tls, the same `TcpTransport` pair with TLS and
+mutual authentication (certificates made at start with trustme, ECDSA P-256, for 127.0.0.1; TLS
+1.3 with OpenSSL's default cipher suite), and table A2 compares it with the plain-TCP transport:
+ratio = tls / transport.
+
 Part B — in-process codec rates (one process, no sockets), median of `repeats`, in bytes per CPU
 second (equal to wall time on an idle machine): `encode_frame`, `write_frame` into a null sink,
 `decode_frame` of a whole frame in memory, and `read_frame` from an in-memory stream (which copies
@@ -41,6 +46,7 @@ Usage:
   python experiments/bench_wire.py                      # 1, 10, 100 MB, 3 repeats (1-2 minutes)
   python experiments/bench_wire.py --sizes 1,10 --repeats 5
   python experiments/bench_wire.py --messages 600,60,6 --small-messages 5000
+  python experiments/bench_wire.py --sizes 1,10 --tls     # also TLS vs plain-TCP transport (needs trustme)
 """
 
 from __future__ import annotations
@@ -52,9 +58,11 @@ import multiprocessing.connection as mpc
 import os
 import platform
 import socket
+import ssl
 import statistics
 import struct
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -64,6 +72,7 @@ import msgpack
 import numpy as np
 import trio
 
+from gossipfl.tls import TlsContexts, TlsFiles, load_tls
 from gossipfl.transport import LinkStats, TcpTransport
 from gossipfl.wire import (
     PREFIX,
@@ -146,7 +155,30 @@ def _windows(times: Sequence[float], cpus: Sequence[float], messages: int) -> li
     return out
 
 
-def tcp_receiver(conn: Any, nparams: int, messages: int, repeats: int, timeout: float) -> None:
+def make_certs(directory: str) -> None:
+    """A CA (ca.pem) and node-0/node-1 certificates and keys for 127.0.0.1, made with trustme."""
+    try:
+        import trustme
+    except ImportError:
+        raise BenchError("--tls needs trustme: pip install trustme (it is in gossipfl's dev extra)") from None
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(os.path.join(directory, "ca.pem"))
+    for node in (0, 1):
+        leaf = ca.issue_cert(HOST)
+        leaf.cert_chain_pems[0].write_to_path(os.path.join(directory, f"node-{node}.pem"))
+        leaf.private_key_pem.write_to_path(os.path.join(directory, f"node-{node}.key"))
+
+
+def _tls(tls_dir: str | None, node: int) -> TlsContexts | None:
+    if tls_dir is None:
+        return None
+    d = tls_dir
+    return load_tls(TlsFiles(os.path.join(d, f"node-{node}.pem"), os.path.join(d, f"node-{node}.key"),
+                             os.path.join(d, "ca.pem")))
+
+
+def tcp_receiver(conn: Any, nparams: int, messages: int, repeats: int, timeout: float,
+                 tls_dir: str | None = None) -> None:
     _, spec = make_model(nparams, fill=False)
     expected = 1 + messages * repeats
     times: list[float] = []
@@ -169,7 +201,7 @@ def tcp_receiver(conn: Any, nparams: int, messages: int, repeats: int, timeout: 
             if len(times) >= expected:
                 done.set()
 
-        transport = TcpTransport(0, {}, spec, KEY, deliver, listen=(HOST, 0))
+        transport = TcpTransport(0, {}, spec, KEY, deliver, listen=(HOST, 0), tls=_tls(tls_dir, 0))
         async with trio.open_nursery() as nursery:
             port = await nursery.start(transport.run)
             conn.send(("port", port))
@@ -198,7 +230,8 @@ class _DrainStats(LinkStats):
             self.event.set()
 
 
-def tcp_sender(conn: Any, nparams: int, messages: int, repeats: int, timeout: float) -> None:
+def tcp_sender(conn: Any, nparams: int, messages: int, repeats: int, timeout: float,
+               tls_dir: str | None = None) -> None:
     leaves, spec = make_model(nparams)
     payload = payload_views(leaves)
     count = 1 + messages * repeats
@@ -209,7 +242,8 @@ def tcp_sender(conn: Any, nparams: int, messages: int, repeats: int, timeout: fl
     info: dict[str, Any] = {}
 
     async def main() -> None:
-        transport = TcpTransport(1, {0: (HOST, port)}, spec, KEY, lambda item: None, listen=(HOST, 0))
+        transport = TcpTransport(1, {0: (HOST, port)}, spec, KEY, lambda item: None, listen=(HOST, 0),
+                                 tls=_tls(tls_dir, 1))
         stats = transport.stats = _DrainStats()
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)
@@ -302,6 +336,7 @@ def plain_sender(conn: Any, nparams: int, messages: int, repeats: int, timeout: 
 ROLES: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
     "transport": (tcp_receiver, tcp_sender),
     "plain": (plain_receiver, plain_sender),
+    "tls": (tcp_receiver, tcp_sender),  # with the certificates' directory as the last argument
 }
 
 
@@ -389,11 +424,12 @@ class _Pair:
             conn.close()
 
 
-def exchange(mode: str, nparams: int, messages: int, repeats: int, nbytes: int) -> dict[str, Any]:
+def exchange(mode: str, nparams: int, messages: int, repeats: int, nbytes: int,
+             tls_dir: str | None = None) -> dict[str, Any]:
     """Runs one receiver/sender pair; returns the receiver's windows and the sender's info."""
     frames = 1 + messages * repeats
     timeout = 30.0 + nbytes * frames / MIN_RATE + frames * MAX_FRAME_S
-    pair = _Pair(mode, (nparams, messages, repeats, timeout))
+    pair = _Pair(mode, (nparams, messages, repeats, timeout, *((tls_dir,) if mode == "tls" else ())))
     ok = False
     try:
         port = pair.expect("receiver", "port", START_TIMEOUT)
@@ -563,6 +599,27 @@ def _header() -> None:
     print()
 
 
+def print_tls_table(rows: list[tuple[str, int, int, dict[str, dict[str, float]]]], repeats: int) -> None:
+    """Table A2: the transport over TLS vs over plain TCP, from the same run's measurements."""
+    print(f"A2. TcpTransport over TLS (mutual authentication; {ssl.OPENSSL_VERSION}) vs over plain TCP, "
+          f"same run; median of {repeats} windows")
+    print(f"   {'':<23}{'-- wall clock, GB/s --':>25}{'-- CPU ms per frame, rx / tx --':>33}"
+          f"{'-- CPU-bound, GB/s --':>25}")
+    print(f"   {'model':<16}{'frames':>7}{'plain TCP':>10}{'TLS':>8}{'ratio':>7}{'plain TCP':>17}{'TLS':>16}"
+          f"{'plain TCP':>11}{'TLS':>7}{'ratio':>7}")
+    for label, messages, moved, m in rows:
+        t, s = m["transport"], m["tls"]
+        bound = {mode: max(m[mode]["rx_cpu"], m[mode]["tx_cpu"]) for mode in ("transport", "tls")}
+        print(f"   {label:<16}{messages:>7}{_gbps(moved, t['wall']):>10}{_gbps(moved, s['wall']):>8}"
+              f"{t['wall'] / s['wall']:>7.2f}"
+              f"{t['rx_cpu'] / messages * 1e3:>10.3f} / {t['tx_cpu'] / messages * 1e3:<6.3f}"
+              f"{s['rx_cpu'] / messages * 1e3:>9.3f} / {s['tx_cpu'] / messages * 1e3:<6.3f}"
+              f"{_gbps(moved, bound['transport']):>9}{_gbps(moved, bound['tls']):>7}"
+              f"{bound['transport'] / bound['tls']:>7.2f}", flush=True)
+    print("   ratio = TLS / plain TCP (throughput); both columns are the real TcpTransport, HMAC tags included.")
+    print()
+
+
 def _parse_sizes(text: str) -> list[float]:
     return [float(s) for s in text.split(",") if s.strip()]
 
@@ -576,6 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--small-params", type=int, default=SMALL_PARAMS, help="float32 parameters of the small model")
     p.add_argument("--small-messages", type=int, default=1500, help="frames per window for the small model")
     p.add_argument("--skip-exchange", action="store_true", help="only the in-process codec rates")
+    p.add_argument("--tls", action="store_true", help="also the transport over TLS (table A2; needs trustme)")
     args = p.parse_args(argv)
 
     sizes = _parse_sizes(args.sizes)
@@ -595,7 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [(f"{s:g} MB", int(s * MB) // 4, m) for s, m in zip(sizes, counts, strict=True)]
     small = (f"{args.small_params} params", args.small_params, args.small_messages)
 
+    certs = tempfile.TemporaryDirectory(prefix="bench-wire-tls-") if args.tls else None
+    tls_dir = certs.name if certs else None
     try:
+        if tls_dir:
+            make_certs(tls_dir)
         if not args.skip_exchange:
             print(f"A. Exchange between two processes on {HOST}: TcpTransport on both sides vs plain "
                   f"sendall/recv_into; median of {args.repeats} windows")
@@ -603,13 +665,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{'-- CPU-bound, GB/s --':>25}")
             print(f"   {'model':<16}{'frame bytes':>13}{'frames':>7}{'transport':>10}{'plain':>8}{'ratio':>7}"
                   f"{'rx t':>9}{'rx p':>7}{'tx t':>8}{'tx p':>7}{'transport':>11}{'plain':>7}{'ratio':>7}")
-            rows = []
+            rows, tls_rows = [], []
+            modes = ("transport", "plain", "tls") if tls_dir else ("transport", "plain")
             for label, nparams, messages in [*models, small]:
                 nbytes = frame_bytes(make_model(nparams, fill=False)[1])
-                m = {mode: exchange(mode, nparams, messages, args.repeats, nbytes) for mode in ("transport", "plain")}
+                m = {mode: exchange(mode, nparams, messages, args.repeats, nbytes, tls_dir) for mode in modes}
                 moved = nbytes * messages
                 bound = {mode: max(r["rx_cpu"], r["tx_cpu"]) for mode, r in m.items()}
                 rows.append((label, messages, m))
+                tls_rows.append((label, messages, moved, m))
                 t, pl = m["transport"], m["plain"]
                 print(f"   {label:<16}{nbytes:>13,}{messages:>7}{_gbps(moved, t['wall']):>10}"
                       f"{_gbps(moved, pl['wall']):>8}{pl['wall'] / t['wall']:>7.2f}"
@@ -628,6 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({messages / pl['wall']:,.0f} frames/s); busier side's CPU {busy['transport']:.1f} vs "
                   f"{busy['plain']:.1f} us")
             print()
+            if tls_dir:
+                print_tls_table(tls_rows, args.repeats)
 
         print(f"B. In-process codec rates (GB/s of whole frames per CPU-second, median of {args.repeats}; "
               "HMAC-SHA256 included)")
@@ -652,6 +718,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as e:
         print(f"\nbench_wire: FAILED: {e}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        if certs:
+            certs.cleanup()
     print(f"total {time.perf_counter() - started:.1f} s")
     return 0
 

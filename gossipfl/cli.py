@@ -256,6 +256,18 @@ def _gossip_overrides(mode: str | None, gossip_every: int | None) -> dict[str, A
     return {k: v for k, v in (("mode", mode), ("gossip_every", gossip_every)) if v is not None}
 
 
+_TLS_FILE_HELP = " '{id}' in the name is replaced by each node's id (for --ids)."
+
+
+def _node_tls(files: Any, net: Any, chosen: list[int]) -> Any:
+    """The TLS contexts of the nodes `chosen`, each checked against its address; None without TLS."""
+    if files is None:
+        return None
+    from .tls import node_contexts
+
+    return node_contexts(files, {i: net.address(i)[0] for i in chosen})
+
+
 def _node_key(key_file: Path | None, insecure: bool) -> Any:
     from .auth import HOW_TO, load_key
 
@@ -282,6 +294,14 @@ def node(
     fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming from a checkpoint."),
     merge: bool = typer.Option(True, "--merge/--no-merge", help="At the end, merge the node directories found "
                                "in DIR into DIR/metrics.jsonl and summary.json (launch does this itself)."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="This node's TLS certificate (PEM), signed by "
+                                         "the --tls-ca CA and naming the node's address in the topology file "
+                                         "(subjectAltName IP:... or DNS:...). With --tls-key and --tls-ca, every "
+                                         "connection is TLS with mutual authentication." + _TLS_FILE_HELP),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The certificate's private key (PEM, "
+                                        "unencrypted)." + _TLS_FILE_HELP),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="The CA certificate (PEM) that signed every node's "
+                                       "certificate; the only one trusted." + _TLS_FILE_HELP),
 ) -> None:
     """Run one or more gossip nodes of a topology file in this process (one JAX runtime).
 
@@ -291,21 +311,27 @@ def node(
     from .auth import KEY_ENV
     from .cache import enable_compile_cache
     from .network import load_network, make_nodes, parse_ids, run_nodes
+    from .tls import tls_files
     from .wire import check_key
 
     key = check_key(_node_key(key_file, insecure))  # --insecure: tags under an empty key, checked by nobody
-    enable_compile_cache()
+    files = tls_files(tls_cert, tls_key, tls_ca)
     net = load_network(topology, overrides={"rounds": rounds} if rounds else None,
                        gossip_overrides=_gossip_overrides(mode, gossip_every))
     if (node_id is None) == (ids is None):
         raise GossipError("give the node(s) to run: --id N or --ids 0-7")
     chosen = parse_ids(str(node_id) if ids is None else ids, net.size)
+    tls = _node_tls(files, net, chosen)  # checked before the slow start (JAX, data, compilation)
+    enable_compile_cache()  # imports JAX: after every check of the flags and files, so errors come fast
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("jax", "absl"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.pop(KEY_ENV, None)  # not inherited by anything this process starts
     out_dir = out or Path("runs") / net.topology.name
-    nodes = make_nodes(net, chosen, key=key, out=out_dir, resume=not fresh)
+    for i, contexts in (tls or {}).items():
+        logging.getLogger("gossipfl.node").info("node %d: TLS on, certificate %s, CA %s", i, contexts.files.cert,
+                                                contexts.files.ca)
+    nodes = make_nodes(net, chosen, key=key, out=out_dir, resume=not fresh, tls=tls)
     logging.getLogger("gossipfl.node").info("%d node(s) ready after %.1f s (imports, data, compilation)",
                                             len(nodes), time.process_time())
     try:
@@ -343,6 +369,12 @@ def launch(
     mode: str | None = typer.Option(None, help="async (default) or sync."),
     gossip_every: int | None = typer.Option(None, help="Local steps between exchanges (default 1)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start every node over instead of resuming."),
+    tls_dir: Path | None = typer.Option(None, "--tls-dir", help="Run every node with TLS (mutual "
+                                        "authentication): DIR holds ca.pem (the CA certificate) and, per node, "
+                                        "node-<id>.pem (its certificate, naming its address in the topology file) "
+                                        "and node-<id>.key (its private key). A loopback launch checks them all "
+                                        "before starting; --ssh passes the paths as given (relative to "
+                                        "--remote-dir on each host)."),
 ) -> None:
     """Start every node of a topology file, show progress, and merge the results into DIR.
 
@@ -359,12 +391,17 @@ def launch(
     out_dir = out or Path("runs") / net.topology.name
     node_args = [*(["--rounds", str(rounds)] if rounds else []), *(["--mode", mode] if mode else []),
                  *(["--gossip-every", str(gossip_every)] if gossip_every else []), *(["--fresh"] if fresh else [])]
+    tls = launcher.tls_dir_files(tls_dir) if tls_dir is not None else None
+    if tls is not None:
+        node_args += tls.flags()
     plans = launcher.plan(net, str(topology), out_dir, processes=processes, ssh=ssh, remote_dir=remote_dir,
                           node_args=node_args)
     if dry_run:
         for line in launcher.dry_run_lines(plans, str(key_file) if key_file else None):
             console.print(line, soft_wrap=True)
         return
+    if tls is not None and not ssh:
+        launcher.check_tls(net, tls_dir, tls)  # one clear error now, not one per child process
     key = load_key(key_file)
     if key is None:
         if not net.is_local():
@@ -400,7 +437,8 @@ def _print_launch_summary(s: dict[str, Any]) -> None:
     table = Table(title="launch result", show_header=False)
     final, frames = s["final"], s["frames"]
     table.add_row("nodes", f"{s['topology']['nodes']} ({len(s['nodes_finished'])} finished), "
-                  f"{s['topology'].get('edges', '?')} edges, {s['topology'].get('weights', '?')} weights")
+                  f"{s['topology'].get('edges', '?')} edges, {s['topology'].get('weights', '?')} weights"
+                  f"{', every link mutual TLS' if s.get('tls') else ''}")
     if "consensus_distance" in final:
         table.add_row("consensus distance", f"{final['initial_consensus_distance']:.3e} -> "
                       f"{final['consensus_distance']:.3e} in {s.get('wall_seconds', 0):.1f} s")

@@ -130,6 +130,7 @@ def collect(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "predicted_rate": None,  # asynchronous steps are not the simulator's synchronous rounds
         "measured_rate": None,
         "nodes_finished": finished,
+        "tls": all(info.get("tls", False) for info in infos),  # every node ran with TLS
         "node_steps": {n: (summaries.get(n) or last_records.get(n, {})).get("step", summaries.get(n, {}).get("steps"))
                        for n in sketches},
         "frames": {

@@ -5,7 +5,9 @@ several nodes per process); nodes on other hosts start over SSH with the system'
 one process per host, the key passed on standard input (never on a command line). Ctrl-C is
 forwarded to the children; a node process that fails is named with its exit status and the end
 of its log. At the end, the nodes' logs are merged into DIR/metrics.jsonl and DIR/summary.json
-(the averaged model's accuracy included) and DIR/plot.png.
+(the averaged model's accuracy included) and DIR/plot.png. With a TLS directory (`--tls-dir`), every
+node process gets `--tls-cert DIR/node-{id}.pem --tls-key DIR/node-{id}.key --tls-ca DIR/ca.pem`
+(each node of a process substitutes its own id).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .collect import collect, read_jsonl
 from .errors import GossipError
 from .metrics import finite_or_none, write_json, write_text
 from .network import Network, is_loopback
+from .tls import TlsFiles, node_contexts
 
 ProgressFn = Callable[[dict[int, int]], None]
 
@@ -101,6 +104,22 @@ def plan(net: Network, topology: str, out: Path, *, processes: int | None = None
                           "(add --dry-run to see the commands first), or run `gossipfl node --topology FILE --id N` "
                           "on each host")
     return plans
+
+
+def tls_dir_files(tls_dir: str | Path) -> TlsFiles:
+    """The TLS files of every node of a launch's `--tls-dir`: ca.pem, node-<id>.pem, node-<id>.key
+    ("{id}" stands for each node's id, as `gossipfl node` takes it)."""
+    d = Path(tls_dir)
+    return TlsFiles(cert=str(d / "node-{id}.pem"), key=str(d / "node-{id}.key"), ca=str(d / "ca.pem"))
+
+
+def check_tls(net: Network, tls_dir: str | Path, files: TlsFiles) -> None:
+    """Loads every node's TLS files and checks its certificate against its address (see
+    `gossipfl.tls.check_identity`), so a bad one is reported before any node starts."""
+    try:
+        node_contexts(files, {spec.id: spec.host or "" for spec in net.topology.nodes})
+    except GossipError as e:
+        raise GossipError(f"--tls-dir {str(tls_dir)!r}: {e}") from None
 
 
 def dry_run_lines(plans: list[ProcessPlan], key_file: str | None) -> list[str]:

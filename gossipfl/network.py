@@ -22,6 +22,7 @@ from .topofile import TopologyFile, load_topology_file, resolve_weights
 
 if TYPE_CHECKING:  # the node runtime needs JAX; loading a network for `launch` does not
     from .node import Node
+    from .tls import TlsContexts
     from .transport import Timeouts
     from .workload import Workload
 
@@ -123,8 +124,10 @@ def parse_ids(text: str, size: int) -> list[int]:
 
 
 def make_nodes(net: Network, ids: list[int], *, key: bytes, out: str | Path, resume: bool = True,
-               timeouts: Timeouts | None = None, work: Workload | None = None) -> list[Node]:
-    """The nodes `ids` of a network, on TCP, sharing one workload (one compiled model) per process."""
+               timeouts: Timeouts | None = None, work: Workload | None = None,
+               tls: dict[int, TlsContexts] | None = None) -> list[Node]:
+    """The nodes `ids` of a network, on TCP, sharing one workload (one compiled model) per process;
+    `tls`: each node's TLS contexts (see `gossipfl.tls.node_contexts`), or None for plain TCP."""
     from .node import Node
     from .transport import TcpTransport
     from .workload import Workload
@@ -135,7 +138,8 @@ def make_nodes(net: Network, ids: list[int], *, key: bytes, out: str | Path, res
 
     def tcp(node: int, peers: list[int], spec: Any, deliver: Any) -> TcpTransport:
         return TcpTransport(node, {j: net.address(j) for j in peers}, spec, key, deliver,
-                            listen=net.address(node), timeouts=timeouts, seed=net.config.seed)
+                            listen=net.address(node), timeouts=timeouts, seed=net.config.seed,
+                            tls=tls[node] if tls is not None else None)
 
     return [Node(i, work, net.gossip, key, out / f"node-{i}", tcp, data_file=net.topology.nodes[i].data,
                  resume=resume) for i in ids]

@@ -133,7 +133,7 @@ class Node:
                 self.inbound[item.sender]["received"] += 1
                 self.inbound[item.sender]["rejected"] += 1
             if self.rejected[item.reason] in (1, 10, 100) or self.rejected[item.reason] % 1000 == 0:
-                log.warning("node %d: frame rejected (%s): %s [%d so far]", self.id, item.reason, item,
+                log.warning("node %d: %s (%s): %s [%d so far]", self.id, item.what, item.reason, item,
                             self.rejected[item.reason])
             return
         self.accepted += 1
@@ -391,7 +391,7 @@ class Node:
         await self.run_sync(write_checkpoint, self.out / "final.npz",
                             {f"z/{i}": a for i, a in enumerate(model)})
         summary = {"id": self.id, "steps": self.step, "wall_seconds": seconds, "w": self.w,
-                   "resumed_from": self.resumed_from, **self.counters(links=True)}
+                   "resumed_from": self.resumed_from, "tls": self.transport.tls, **self.counters(links=True)}
         if self.work.evaluate is not None:
             test_loss, acc = await self.run_sync(
                 self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
@@ -418,6 +418,7 @@ class Node:
         write_json(self.out / "node.json", {
             "id": self.id, "peers": self.peers, "sketch_dim": self.work.sketch.dim,
             "parameters": self.work.parameters, "config": self.cfg.to_dict(), "gossip": asdict(self.opts),
+            "tls": self.transport.tls,
         })
         if self.resumed_from is not None:
             # What was logged after the checkpoint describes steps that are redone now, and a

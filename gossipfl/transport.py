@@ -11,7 +11,10 @@ A node talks to a `Transport` only through:
 - `run()`: the transport's tasks (serving, dialling); runs until cancelled.
 
 `TcpTransport` runs on trio TCP streams: it listens on the node's address and keeps one outgoing
-connection per neighbour, reconnecting with exponential backoff; every wait has a timeout.
+connection per neighbour, reconnecting with exponential backoff; every wait has a timeout. With
+`tls` (see `gossipfl.tls`) every connection is mutually authenticated TLS: the handshake runs under
+the connect timeout, and a failed or stalled one is refused and counted as "tls", like a refused
+frame.
 `MemoryNetwork` connects in-process transports through the same frame encoding, with a seeded
 hook that drops, delays or duplicates frames, for fast deterministic tests under trio's MockClock.
 """
@@ -22,7 +25,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 import trio
 
 from .errors import GossipError
+from .tls import TlsContexts, TlsRefused, describe, tls_failure
 from .wire import (
     CHUNK_BYTES,
     FrameError,
@@ -46,6 +50,10 @@ Deliver = Callable[[Any], None]  # Frame | FrameError -> None
 
 # Errors after which a byte stream cannot be trusted to be at a frame boundary.
 _FATAL = ("bad_magic", "bad_length", "truncated", "bad_tag", "timeout")
+# What a receive on a connection raises when the connection failed (trio wraps TLS's errors).
+_BROKEN = (OSError, trio.BrokenResourceError)
+# recv_into(buffer, nbytes) -> bytes received (0 at the end of the stream), as socket.recv_into
+ReceiveInto = Callable[[memoryview, int], Awaitable[int]]
 
 
 @dataclass
@@ -99,7 +107,7 @@ class LinkStats:
 class Timeouts:
     """Every wait of the TCP transport is bounded by one of these (seconds)."""
 
-    connect: float = 5.0
+    connect: float = 5.0  # a TCP connect; with TLS, also the handshake (each side)
     idle: float = 300.0  # a connection with no frame starting for this long is closed
     frame_base: float = 10.0  # a started frame must complete in base + size / min_rate
     min_rate: float = 20e6  # bytes per second
@@ -128,6 +136,11 @@ class Transport(ABC):
 
     @abstractmethod
     def is_up(self, peer: int) -> bool: ...
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections are TLS with mutual authentication."""
+        return False
 
     @abstractmethod
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
@@ -185,12 +198,14 @@ class _Outbox:
 
 
 class TcpTransport(Transport):
-    """Frames over trio TCP streams: one listening socket, one outgoing connection per neighbour."""
+    """Frames over trio TCP streams: one listening socket, one outgoing connection per neighbour;
+    TLS with mutual authentication on every connection when `tls` is given."""
 
     def __init__(self, node_id: int, peers: dict[int, tuple[str, int]], spec: ModelSpec, key: bytes,
                  deliver: Deliver, *, listen: tuple[str, int], timeouts: Timeouts | None = None,
-                 max_connections: int | None = None, seed: int = 0) -> None:
+                 max_connections: int | None = None, seed: int = 0, tls: TlsContexts | None = None) -> None:
         super().__init__(node_id, list(peers), spec, key, deliver)
+        self._tls = tls
         self.addresses = dict(peers)
         self.listen = listen
         self.port: int | None = None
@@ -203,6 +218,10 @@ class TcpTransport(Transport):
 
     def is_up(self, peer: int) -> bool:
         return peer in self._up
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
 
     def send(self, peer: int, head: bytes, payload: Sequence[memoryview]) -> bool:
         if peer not in self._up:
@@ -232,13 +251,38 @@ class TcpTransport(Transport):
             return
         self._connections += 1
         try:
-            await self._read_frames(stream)
+            if self._tls is None:
+                await self._read_frames(stream.socket.recv_into)  # the fast path: straight into the buffer
+            else:
+                secure = await self._accept_tls(stream)
+                if secure is not None:
+                    await self._read_frames(_tls_recv_into(secure))
         finally:
             self._connections -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _read_frames(self, stream: trio.SocketStream) -> None:
-        sock = stream.socket
+    async def _accept_tls(self, stream: trio.SocketStream) -> trio.SSLStream | None:
+        """The TLS side of an accepted connection, once the client has passed the handshake (its
+        certificate signed by the CA) within the connect timeout; None, counted as "tls", if it
+        failed or stalled. A client that hangs up before finishing is not counted (nor is one
+        on plain TCP that connects and closes without a frame)."""
+        secure = trio.SSLStream(stream, self._tls.server, server_side=True, https_compatible=True)
+        with trio.move_on_after(self.timeouts.connect):
+            try:
+                await secure.do_handshake()
+                return secure
+            except trio.BrokenResourceError as e:
+                failure = tls_failure(e)
+                if failure is not None:
+                    self._received(TlsRefused(f"TLS handshake from {_peer_name(stream)} failed: {describe(failure)}"))
+                return None
+        self._received(TlsRefused(f"TLS handshake from {_peer_name(stream)} stalled for {self.timeouts.connect:g} s: "
+                                  "connection closed"))
+        return None
+
+    async def _read_frames(self, recv_into_socket: ReceiveInto) -> None:
+        """Reads frames from one connection until it ends, fails, or idles; `recv_into_socket` is the
+        socket's own `recv_into` (plain TCP) or its TLS equivalent."""
         frame_timeout = self.timeouts.frame(self.spec.nbytes)
         while True:
             with trio.CancelScope() as scope:
@@ -250,8 +294,8 @@ class TcpTransport(Transport):
                     got = 0
                     while got < len(view):
                         try:
-                            n = await sock.recv_into(view[got:], min(len(view) - got, CHUNK_BYTES))
-                        except OSError as e:
+                            n = await recv_into_socket(view[got:], min(len(view) - got, CHUNK_BYTES))
+                        except _BROKEN as e:
                             raise Truncated(f"connection failed mid-frame: {e}") from None
                         if n == 0:
                             raise Truncated("connection closed mid-frame" if started or got else "closed")
@@ -280,14 +324,8 @@ class TcpTransport(Transport):
     async def _sender(self, peer: int) -> None:
         backoff = self.timeouts.backoff_min
         outbox = self._outboxes[peer]
-        host, port = self.addresses[peer]
         while True:
-            stream = None
-            with trio.move_on_after(self.timeouts.connect):
-                try:
-                    stream = await trio.open_tcp_stream(host, port)
-                except OSError:
-                    stream = None
+            stream = await self._dial(peer)
             if stream is not None:
                 connected_at = trio.current_time()
                 self._up.add(peer)
@@ -310,13 +348,42 @@ class TcpTransport(Transport):
             await trio.sleep(backoff * (0.5 + self._rng.random()))
             backoff = min(2 * backoff, self.timeouts.backoff_max)
 
+    async def _dial(self, peer: int) -> trio.abc.Stream | None:
+        """A connection to `peer` (TLS: after a handshake that verified its certificate and
+        address), within the connect timeout; None if it failed. A TLS failure (not a refused or
+        dropped connection) is counted as "tls": the peer's certificate, or its answer, was bad."""
+        host, port = self.addresses[peer]
+        stream = None
+        try:
+            with trio.move_on_after(self.timeouts.connect):
+                stream = await trio.open_tcp_stream(host, port)
+                if self._tls is None:
+                    return stream
+                secure = trio.SSLStream(stream, self._tls.client, server_hostname=host, https_compatible=True)
+                await secure.do_handshake()
+                return secure
+        except OSError:
+            pass
+        except trio.BrokenResourceError as e:
+            failure = tls_failure(e)
+            if failure is not None:
+                self._received(TlsRefused(f"TLS handshake with node {peer} at {host}:{port} failed: "
+                                          f"{describe(failure)}"))
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        return None
+
     @staticmethod
-    async def _watch_closed(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _watch_closed(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         """Ends the connection (cancels `scope`) when the peer closes it, e.g. after its idle timeout.
 
         The receiving side never writes, so any answer (end of stream, data, an error) means the
         link is gone; without this, the next frame would be written into a dead socket and lost
-        while counted as sent, and `is_up` would stay True until a later send failed.
+        while counted as sent, and `is_up` would stay True until a later send failed. (On TLS 1.3
+        the listener judges the dialler's certificate after the dialler's half of the handshake:
+        a refused dialler sees its link close here, uncounted, since trio's listener closes without
+        sending the alert; the listener counts and logs the refusal, and the dialler redials with
+        backoff.)
         """
         try:
             await stream.receive_some(1)
@@ -324,7 +391,7 @@ class TcpTransport(Transport):
             pass
         scope.cancel()
 
-    async def _send_frames(self, stream: trio.SocketStream, outbox: _Outbox, peer: int) -> None:
+    async def _send_frames(self, stream: trio.abc.Stream, outbox: _Outbox, peer: int) -> None:
         counts = self.stats.peer(peer)
         while True:
             head, payload = await outbox.take()
@@ -342,6 +409,27 @@ class TcpTransport(Transport):
             self.stats.frames_sent += 1
             self.stats.bytes_sent += size
             counts.written += 1
+
+
+def _tls_recv_into(stream: trio.SSLStream) -> ReceiveInto:
+    """`recv_into` over a TLS stream: decrypted bytes (at most one TLS record, 16 KB, per call)
+    copied into the caller's buffer."""
+
+    async def recv_into(view: memoryview, nbytes: int) -> int:
+        data = await stream.receive_some(nbytes)
+        n = len(data)
+        view[:n] = data
+        return n
+
+    return recv_into
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "a peer that has gone"
+    return f"{host}:{port}"
 
 
 class MemoryNetwork:

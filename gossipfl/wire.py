@@ -59,11 +59,13 @@ MAX_ABS = 1e18
 
 
 class FrameError(GossipError):
-    """A frame was refused. `reason` is the short name it is counted under; `sender` is the
-    neighbour an authenticated frame came from when its header got far enough to say (None for
-    frames refused before that, e.g. a bad tag), so refusals can be counted per link."""
+    """A frame was refused. `reason` is the short name it is counted under; `what` says what was
+    refused; `sender` is the neighbour an authenticated frame came from when its header got far
+    enough to say (None for frames refused before that, e.g. a bad tag), so refusals can be
+    counted per link."""
 
     reason = "bad_frame"
+    what = "frame rejected"
     sender: int | None = None
 
 
