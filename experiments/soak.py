@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds before the first RSS window (default 30)")
     ap.add_argument("--window", type=float, default=30.0, help="RSS window length in seconds (default 30)")
     ap.add_argument("--every", type=float, default=10.0, help="seconds between printed rows (default 10)")
-    ap.add_argument("--step-interval", type=float, default=0.05, help="node 0's pause between steps (default 0.05)")
+    ap.add_argument("--step-interval", type=float, default=0.1, help="node 0's pause between steps (default 0.1)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--streams", default="valid,fatal,kept",
                     help="which floods run: valid frames, fatal refused frames (a connection each), kept-connection "

@@ -605,6 +605,7 @@ class Soak:
     refused_sent: Counter  # by reason
     alive: bool  # node 0 was running when the flood stopped
     rounds: int
+    step_interval: float
     sink_frames: int  # whole frames node 0 sent its impersonated neighbour
     harness_cpu_s: float  # CPU seconds this process (all its threads) spent during the flood
     load: tuple[float, float, float]  # the machine's load average when the flood ended
@@ -618,6 +619,19 @@ class Soak:
         last = [s.rss_kib for s in after if s.t >= after[-1].t - window]
         base, peak = statistics.median(first), max(last)
         return peak / base, base, peak
+
+    def growth(self, warmup: float, window: float) -> tuple[float, int]:
+        """(bytes RSS grew from the first window's median to the last window's max, frames sent
+        meanwhile): a leak of L bytes a frame shows as growth of about L x frames."""
+        _, base, peak = self.window(warmup, window)
+        after = [s for s in self.samples if s.t >= warmup]
+        frames = sum(after[-1].counts) - sum(after[0].counts)
+        return 1024 * (peak - base), frames
+
+    def absorb_bound(self) -> float:
+        """The most times node 0 can have absorbed its mailbox: twice a training step, once a tick
+        (every step_interval) while it waited for node 1 after training, plus settling."""
+        return 2 * self.summary["steps"] + self.flood_seconds / self.step_interval + 20
 
     def rates(self, start: float, end: float) -> tuple[float, float, float]:
         """(valid frames/s, refused frames/s, node CPU share of one core) between two sample times."""
@@ -638,7 +652,7 @@ class Soak:
                 f"{peak / 1024:.1f} MiB: ratio {ratio:.3f}")
 
 
-def run_soak(tmp_path: Path, procs: object, *, seconds: float, step_interval: float = 0.05, seed: int = 7,
+def run_soak(tmp_path: Path, procs: object, *, seconds: float, step_interval: float = 0.1, seed: int = 7,
              refused_pool: int = 400, streams: Sequence[str] = ("valid", "fatal", "kept"),
              log: Callable[[str], None] = lambda line: None) -> Soak:
     """Runs node 0 of a two-node network as a real process (`procs`: a tests/cluster.py `Procs`),
@@ -727,8 +741,8 @@ def run_soak(tmp_path: Path, procs: object, *, seconds: float, step_interval: fl
         mimic.close()
     return Soak(summary=json.loads((node_dir / "summary.json").read_text()), samples=samples,
                 flood_seconds=flood_seconds, valid_sent=mimic.sent, refused_sent=fatal_sent + kept_sent, alive=alive,
-                rounds=rounds, sink_frames=mimic.received.frames, harness_cpu_s=harness_cpu, load=load,
-                log=procs.tail(node, 400))  # type: ignore
+                rounds=rounds, step_interval=step_interval, sink_frames=mimic.received.frames,
+                harness_cpu_s=harness_cpu, load=load, log=procs.tail(node, 400))  # type: ignore
 
 
 def links_checks(summary: dict, peer: int, *, valid_sent: int, sink_frames: int) -> list[str]:

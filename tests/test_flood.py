@@ -113,6 +113,9 @@ def test_ten_thousand_hostile_frames(tmp_path, procs):
     assert sum(result.sent.values()) == FLOOD_FRAMES + 2
     assert s0["rejected"] == dict(result.sent), (s0["rejected"], dict(result.sent))
     assert s0["frames_accepted"] > accepted_after  # it went on hearing its neighbours
+    # a connection over node 0's cap is closed unread: its frames would be counted nowhere (the
+    # equality above would miss them). Checked here too once the summary reports the refusals.
+    assert s0.get("connections_refused", 0) == 0, s0
     for i in (1, 2, 3):
         assert json.loads((dirs[i] / "summary.json").read_text())["rejected"] == {}, i
     log = procs.tail(node0, 400)
@@ -139,13 +142,20 @@ def test_soak_memory_flat(tmp_path, procs):
     assert samples[-1].t >= SOAK_WARMUP + 2 * SOAK_WINDOW, "too few samples for two windows"
     ratio, _, _ = soak.window(SOAK_WARMUP, SOAK_WINDOW)
     assert ratio <= 1.10, [(round(x.t), x.rss_kib) for x in samples]
+    # 10% of a JAX process's RSS (~300 MiB) is more than a few seconds of a frame-sized leak at
+    # the rates a loaded CI machine reaches: bound the growth per frame too (measured: under 0.5
+    # MiB in all, tens of bytes a frame; a leaked 4 KiB frame buffer per frame would be ~4 KiB)
+    grown, frames = soak.growth(SOAK_WARMUP, SOAK_WINDOW)
+    assert grown <= 4 * 2**20 + 512 * frames, (grown, frames)
     # every frame accounted for: each valid one accepted (seq increasing), each refused one by reason
     assert s["frames_accepted"] == soak.valid_sent, (s["frames_accepted"], soak.valid_sent)
     assert s["rejected"] == dict(soak.refused_sent), (s["rejected"], dict(soak.refused_sent))
+    assert s.get("connections_refused", 0) == 0, s  # once the summary reports them
     assert set(soak.refused_sent) == set(REJECT_REASONS) - {"timeout"}, soak.refused_sent
     # overload drops rather than grows: the node absorbs its mailbox (the newest frame per neighbour)
-    # once a tick, and took in far more frames than that, with flat memory
-    assert soak.valid_sent >= 20 * s["steps"], (soak.valid_sent, s["steps"])
+    # at most twice a step, and it accepted far more frames than that, with flat memory: the others
+    # were superseded in the mailbox
+    assert soak.valid_sent >= 2 * soak.absorb_bound(), (soak.valid_sent, soak.absorb_bound())
     if "links" in s:  # per-neighbour counters, once gossipfl.node has them
         assert links_checks(s, 1, valid_sent=soak.valid_sent, sink_frames=soak.sink_frames) == []
     assert "Traceback" not in soak.log
