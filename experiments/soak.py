@@ -80,6 +80,11 @@ def main() -> int:
     if ratio > 1.10:
         problems.append(f"RSS grew: last-window peak {peak / 1024:.1f} MiB > 1.10 x first-window median "
                         f"{base / 1024:.1f} MiB")
+    grown, frames = soak.growth(args.warmup, args.window)
+    print(f"RSS growth first window -> last window: {grown / 2**20:.2f} MiB over {frames} frames "
+          f"({grown / max(frames, 1):.1f} bytes a frame)")
+    if grown > 4 * 2**20 + 512 * frames:
+        problems.append("RSS grew by more than 4 MiB + 512 bytes a frame")
     if s["frames_accepted"] != soak.valid_sent:
         problems.append(f"accepted {s['frames_accepted']} != valid frames sent {soak.valid_sent}")
     if s["rejected"] != dict(soak.refused_sent):

@@ -38,14 +38,15 @@ import msgpack
 import numpy as np
 
 from gossipfl.transport import _FATAL
-from gossipfl.wire import MAGIC, MAX_HEADER_BYTES, PREFIX, REJECT_REASONS, ModelSpec
+from gossipfl.wire import MAGIC, MAX_HEADER_BYTES, PREFIX, REJECT_REASONS, FrameError, ModelSpec
 
 HOST = "127.0.0.1"
 FATAL = frozenset(_FATAL)  # refusals after which the node closes the connection
 # Finite but absurd payloads (|x| up to 3e38): wire.py is getting a "too_large" refusal for them.
 # Until it has one they pass the wire checks, so they are sent as stale frames (an old
 # incarnation of a real neighbour) and counted "stale": never absorbed either way.
-HUGE_REASON = "too_large" if "too_large" in REJECT_REASONS else "stale"
+KNOWN_REASONS = frozenset(REJECT_REASONS) | {c.reason for c in FrameError.__subclasses__()}
+HUGE_REASON = "too_large" if "too_large" in KNOWN_REASONS else "stale"
 
 
 @dataclass(frozen=True)

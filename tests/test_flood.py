@@ -37,7 +37,7 @@ FLOOD_FRAMES = 10_000
 
 
 def test_ten_thousand_hostile_frames(tmp_path, procs):
-    """A four-node ring; node 0 (its own process) gets 10,000 hostile frames of 23 kinds while it
+    """A four-node ring; node 0 (its own process) gets 10,000 hostile frames of 24 kinds while it
     trains, plus two connections stalled mid-frame. Nodes 1 and 3 reach node 0 through a recording
     proxy, so some of the hostile frames are replays of their genuine ones."""
     key = KEY.encode()
@@ -103,7 +103,8 @@ def test_ten_thousand_hostile_frames(tmp_path, procs):
           f"({FLOOD_FRAMES / result.frames_seconds:.0f} frames/s; node 0 CPU {flood_cpu:.1f} s, "
           f"{1e6 * flood_cpu / FLOOD_FRAMES:.0f} us a frame); stalled connections closed after "
           f"{', '.join(f'{s:.1f}' for s in result.stall_seconds)} s; node 0 at step {step_after}/{rounds}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}\nby kind: {dict(sorted(result.kinds.items()))}\nby reason: "
+          f"{dict(sorted(result.sent.items()))}")
     assert alive_after and step_after < rounds, (alive_after, step_after)  # it was still training
     assert len(result.kinds) == 24 and set(result.sent) == set(REJECT_REASONS), (result.kinds, result.sent)
     s0 = json.loads((dirs[0] / "summary.json").read_text())
