@@ -392,8 +392,12 @@ def _pump(src: socket.socket, dst: socket.socket | None, on_data: Callable[[byte
             pass
 
 
+IDLE_TIMEOUT = 600.0  # seconds a forwarded or drained connection may stay silent before it is dropped
+
+
 class _Server:
-    """A listening socket on loopback and a thread accepting connections on it."""
+    """A listening socket on loopback, a thread accepting connections on it, and one thread per
+    connection; `close` shuts them all down."""
 
     def __init__(self, port: int, handle: Callable[[socket.socket], None]) -> None:
         self._sock = socket.create_server((HOST, port))
@@ -401,6 +405,7 @@ class _Server:
         self._handle = handle
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._open: list[socket.socket] = []
         self._accept = threading.Thread(target=self._loop, daemon=True)
         self._accept.start()
 
@@ -412,15 +417,25 @@ class _Server:
                 continue
             except OSError:
                 return
-            conn.settimeout(None)
+            self.track(conn)
             t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
             t.start()
             self._threads.append(t)
+
+    def track(self, sock: socket.socket) -> None:
+        """Bounds a connection's waits by IDLE_TIMEOUT, and has `close` shut it down."""
+        sock.settimeout(IDLE_TIMEOUT)
+        self._open.append(sock)
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._accept.join(timeout)
         self._sock.close()
+        for sock in self._open:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
         for t in self._threads:
             t.join(timeout)
 
@@ -441,7 +456,7 @@ class RecordingProxy(_Server):
         except OSError:
             client.close()  # the node is not listening yet: its neighbour dials again
             return
-        upstream.settimeout(None)
+        self.track(upstream)
         kept = bytearray()
         with self._lock:
             self.recorded.append(kept)
