@@ -359,6 +359,7 @@ class Node:
             attributed = sum(g["rejected"] for g in self.inbound.values())
             out["rejected_unattributed"] = sum(self.rejected.values()) - attributed
             out["connections_refused"] = stats.connections_refused
+            out["connections_evicted"] = stats.connections_evicted
         return out
 
     async def _record(self, *, loss: Any, evaluate: bool, sketch: bool) -> None:

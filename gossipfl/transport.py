@@ -84,6 +84,7 @@ class LinkStats:
     replaced: int = 0  # frames superseded in an outbox before they went out
     send_failures: int = 0
     connections_refused: int = 0
+    connections_evicted: int = 0  # silent connections closed to make room for a new one (see _admit)
     rejected: Counter = field(default_factory=Counter)
     peers: dict[int, PeerCounts] = field(default_factory=dict)
 
@@ -98,7 +99,8 @@ class LinkStats:
             "frames_sent": self.frames_sent, "bytes_sent": self.bytes_sent,
             "frames_received": self.frames_received, "bytes_received": self.bytes_received,
             "replaced": self.replaced, "send_failures": self.send_failures,
-            "connections_refused": self.connections_refused, "rejected": dict(self.rejected),
+            "connections_refused": self.connections_refused, "connections_evicted": self.connections_evicted,
+            "rejected": dict(self.rejected),
             "peers": {str(p): asdict(c) for p, c in sorted(self.peers.items())},
         }
 
@@ -197,6 +199,16 @@ class _Outbox:
         return frame
 
 
+@dataclass(eq=False)
+class _Connection:
+    """An accepted connection: how to close it, when it opened, and whether a frame on it has
+    passed verification (a connection that has is never evicted for a newcomer)."""
+
+    scope: trio.CancelScope
+    opened: float
+    proven: bool = False
+
+
 class TcpTransport(Transport):
     """Frames over trio TCP streams: one listening socket, one outgoing connection per neighbour;
     TLS with mutual authentication on every connection when `tls` is given."""
@@ -211,7 +223,7 @@ class TcpTransport(Transport):
         self.port: int | None = None
         self.timeouts = timeouts or Timeouts()
         self.max_connections = max_connections or 4 * len(peers) + 16
-        self._connections = 0
+        self._open: set[_Connection] = set()
         self._outboxes = {p: _Outbox() for p in peers}
         self._up: set[int] = set()
         self._rng = random.Random(seed * 1_000_003 + node_id)
@@ -244,21 +256,39 @@ class TcpTransport(Transport):
 
     # ------------------------------------------------------------------ receiving
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        if self._connections >= self.max_connections:
+    def _admit(self) -> bool:
+        """Whether a new connection may be served. Below the cap, yes. At the cap, the oldest
+        connection that has not yet brought a verified frame is closed to make room (counted as
+        evicted), so idle or hostile connections cannot lock neighbours out; when every open
+        connection has proven itself, the new one is refused (counted)."""
+        if len(self._open) < self.max_connections:
+            return True
+        silent = [c for c in self._open if not c.proven]
+        if not silent:
             self.stats.connections_refused += 1
+            return False
+        victim = min(silent, key=lambda c: c.opened)
+        victim.scope.cancel()
+        self._open.remove(victim)
+        self.stats.connections_evicted += 1
+        return True
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        if not self._admit():
             await stream.aclose()
             return
-        self._connections += 1
+        conn = _Connection(trio.CancelScope(), trio.current_time())
+        self._open.add(conn)
         try:
-            if self._tls is None:
-                await self._read_frames(stream.socket.recv_into)  # the fast path: straight into the buffer
-            else:
-                secure = await self._accept_tls(stream)
-                if secure is not None:
-                    await self._read_frames(_tls_recv_into(secure))
+            with conn.scope:
+                if self._tls is None:
+                    await self._read_frames(stream.socket.recv_into, conn)  # fast path: straight into the buffer
+                else:
+                    secure = await self._accept_tls(stream)
+                    if secure is not None:
+                        await self._read_frames(_tls_recv_into(secure), conn)
         finally:
-            self._connections -= 1
+            self._open.discard(conn)
             await trio.aclose_forcefully(stream)
 
     async def _accept_tls(self, stream: trio.SocketStream) -> trio.SSLStream | None:
@@ -280,7 +310,7 @@ class TcpTransport(Transport):
                                   "connection closed"))
         return None
 
-    async def _read_frames(self, recv_into_socket: ReceiveInto) -> None:
+    async def _read_frames(self, recv_into_socket: ReceiveInto, conn: _Connection) -> None:
         """Reads frames from one connection until it ends, fails, or idles; `recv_into_socket` is the
         socket's own `recv_into` (plain TCP) or its TLS equivalent."""
         frame_timeout = self.timeouts.frame(self.spec.nbytes)
@@ -313,6 +343,7 @@ class TcpTransport(Transport):
                     if e.reason in _FATAL:
                         return
                     continue
+                conn.proven = True
                 self._received(frame)
             if scope.cancelled_caught:
                 if started:

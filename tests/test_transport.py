@@ -294,46 +294,66 @@ def test_tcp_huge_length_is_refused_without_reading_on() -> None:
     run("tcp", body, timeouts=Timeouts())
 
 
-def test_tcp_connections_beyond_the_cap_are_refused() -> None:
+def test_tcp_at_the_cap_a_silent_connection_makes_room_and_proven_ones_stay() -> None:
     async def body(net: Net) -> None:
         b = await receiver(net)
-        first = await trio.open_tcp_stream(HOST, b.t.port)
+        first = await trio.open_tcp_stream(HOST, b.t.port)  # never sends anything
         second = await trio.open_tcp_stream(HOST, b.t.port)
-        await trio.sleep(0.1)
-        async with await trio.open_tcp_stream(HOST, b.t.port) as third:
-            await closed_within(third, 1.0)
-        assert b.t.stats.connections_refused == 1
-        with trio.move_on_after(0.1) as idle:
-            await first.receive_some()
-        assert idle.cancelled_caught  # the first two stay open and still work
-        await second.send_all(encode_frame(SPEC, leaves(3), KEY, **meta(3)))
+        await second.send_all(encode_frame(SPEC, leaves(3), KEY, **meta(3)))  # proves itself
         await until(lambda: b.inbox)
         check_frame(b.inbox[0], 3, sender=0)
-        await first.aclose()
-        await trio.sleep(0.1)
-        async with await trio.open_tcp_stream(HOST, b.t.port) as fourth:  # a slot is free again
-            await fourth.send_all(encode_frame(SPEC, leaves(4), KEY, **meta(4)))
+        # at the cap: the oldest connection that never brought a verified frame is closed for the newcomer
+        async with await trio.open_tcp_stream(HOST, b.t.port) as third:
+            await closed_within(first, 1.0)
+            assert (b.t.stats.connections_evicted, b.t.stats.connections_refused) == (1, 0)
+            await third.send_all(encode_frame(SPEC, leaves(4), KEY, **meta(4)))
             await until(lambda: len(b.inbox) == 2)
-        assert b.t.stats.connections_refused == 1
+            # every open connection has proven itself: a newcomer is refused, nobody is evicted
+            async with await trio.open_tcp_stream(HOST, b.t.port) as fourth:
+                await closed_within(fourth, 1.0)
+            assert (b.t.stats.connections_evicted, b.t.stats.connections_refused) == (1, 1)
+            await second.send_all(encode_frame(SPEC, leaves(5), KEY, **meta(5)))  # both still work
+            await third.send_all(encode_frame(SPEC, leaves(6), KEY, **meta(6)))
+            await until(lambda: len(b.inbox) == 4)
         await second.aclose()
+        await first.aclose()
 
     run("tcp", body, max_connections=2)
+
+
+def test_tcp_silent_connections_cannot_lock_a_neighbour_out() -> None:
+    async def body(net: Net) -> None:
+        b = await receiver(net)
+        hogs = [await trio.open_tcp_stream(HOST, b.t.port) for _ in range(5)]  # silent, more than the cap
+        await trio.sleep(0.1)
+        a = net.node(0, {1: b.t.port})
+        await net.start(a)
+        while not b.inbox:
+            send(a.t, 1, 1)
+            await trio.sleep(0.05)
+        check_frame(b.inbox[0], 1, sender=0)
+        assert b.t.stats.connections_evicted >= 4 and b.t.stats.connections_refused == 0
+        for hog in hogs:
+            await hog.aclose()
+
+    run("tcp", body, max_connections=1)
 
 
 def test_tcp_sender_backs_off_from_a_peer_that_hangs_up() -> None:
     async def body(net: Net) -> None:
         b = await receiver(net)
-        hog = await trio.open_tcp_stream(HOST, b.t.port)  # takes b's only slot
-        await trio.sleep(0.05)
+        hog = await trio.open_tcp_stream(HOST, b.t.port)  # takes b's only slot, and proves itself
+        await hog.send_all(encode_frame(SPEC, leaves(9), KEY, **meta(9, sender=7)))
+        await until(lambda: b.inbox)
         a = net.node(0, {1: b.t.port})
         await net.start(a)
         await trio.sleep(0.5)
         assert 1 <= b.t.stats.connections_refused <= 20  # backoff, not a busy loop of reconnects
         await hog.aclose()
-        while not b.inbox:  # a's link flickers up while refused: resend until one gets through
+        while len(b.inbox) < 2:  # a's link flickers up while refused: resend until one gets through
             send(a.t, 1, 1)
             await trio.sleep(0.05)
-        check_frame(b.inbox[0], 1, sender=0)
+        check_frame(b.inbox[1], 1, sender=0)
 
     run("tcp", body, max_connections=1)
 
