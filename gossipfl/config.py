@@ -21,6 +21,8 @@ MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
 GOSSIP_MODES: tuple[str, ...] = ("async", "sync")
 THREAD_POLICIES: tuple[str, ...] = ("auto", "always", "never")
+ROBUST_RULES: tuple[str, ...] = ("none", "clip", "trim")
+ATTACKS: tuple[str, ...] = ("none", "sign_flip", "noise", "alie", "constant")
 
 
 @dataclass(frozen=True, kw_only=True)
