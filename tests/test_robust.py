@@ -1,6 +1,9 @@
-"""Byzantine robustness: the clipping and trimmed-mean kernels, the attacks, attacker placement."""
+"""Byzantine robustness: the clipping and trimmed-mean kernels, the attacks, attacker placement,
+the config keys, and a digits run where the robust rules hold and plain gossip breaks."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from gossipfl import SimConfig, load_config, simulate
 from gossipfl.attacks import (
     alie,
     alie_z_max,
@@ -21,6 +26,7 @@ from gossipfl.attacks import (
     resolve_attackers,
     sign_flip,
 )
+from gossipfl.config import make_config
 from gossipfl.errors import ConfigError
 from gossipfl.mixing import mix_one, neighbor_lists
 from gossipfl.robust import (
@@ -32,6 +38,7 @@ from gossipfl.robust import (
     trimmed_mean_one,
     trimmed_mean_sparse,
 )
+from gossipfl.sim import prepare
 from gossipfl.topology import build_graph, mixing_matrix
 
 
@@ -176,6 +183,8 @@ def test_bad_trim_values_are_clear_errors() -> None:
             trimmed_mean_one(own, nbrs, trim)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"trim=2 needs every node to have at least 4 neighbours; node 0 has 2"):
         check_degrees(neighbor_lists(mixing_matrix(build_graph("ring:6"))), 2)
+    with pytest.raises(ConfigError, match="node 0 has 2"):
+        prepare(SimConfig(algorithm="consensus", topology="ring:6", robust="trim", trim=2))
 
 
 # ----------------------------------------------------------------------------- all nodes at once
@@ -280,3 +289,104 @@ def test_placement_errors_say_what_to_do() -> None:
     with pytest.raises(ConfigError, match=r"attackers \[9\] are not nodes of this 8-node graph"):
         resolve_attackers(build_graph("ring:8"), (1, 9))
     assert resolve_attackers(build_graph("ring:8"), (5, 2)) == [2, 5]  # a list is taken as given
+
+
+# ----------------------------------------------------------------------------- config, TOML and flags
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"robust": "median"}, ["robust", "'median'", "none", "clip", "trim"]),
+    ({"attack": "flip", "attackers": 1}, ["attack", "'flip'", "sign_flip", "alie"]),
+    ({"attack": "noise"}, ["needs attackers"]),
+    ({"attackers": 2}, ["attackers=2", "attack is 'none'"]),
+    ({"clip_tau": -1.0}, ["clip_tau", "'auto' or a positive number"]),
+    ({"clip_tau": "big"}, ["clip_tau", "'big'"]),
+    ({"trim": -1}, ["trim", "non-negative"]),
+    ({"attack": "noise", "attackers": [1, 1]}, ["twice"]),
+    ({"attack": "noise", "attackers": -2}, ["attackers", "-2"]),
+    ({"attack": "constant", "attackers": 1, "attack_scale": 2.0}, ["attack_scale", "constant"]),
+    ({"robust": "clip", "algorithm": "centralized"}, ["centralized"]),
+    ({"robust": "clip", "mixing": "dense"}, ["neighbour lists", "sparse"]),
+])
+def test_bad_byzantine_keys_are_named(values: dict, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as exc:
+        make_config(values)
+    for word in words:
+        assert word in str(exc.value)
+
+
+def test_byzantine_keys_work_in_toml_and_as_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "byz.toml"
+    path.write_text('topology = "torus:4x4"\nrobust = "clip"\nclip_tau = 0.5\nattack = "noise"\n'
+                    'attackers = [0, 10]\nattack_scale = 3.0\n')
+    cfg = load_config(path)
+    assert (cfg.robust, cfg.clip_tau, cfg.attack, cfg.attackers, cfg.attack_scale) == ("clip", 0.5, "noise", (0, 10),
+                                                                                        3.0)
+    assert make_config(cfg.to_dict()) == cfg  # a summary's config round-trips
+
+    from gossipfl import sim
+    from gossipfl.cli import app
+
+    seen: list[SimConfig] = []
+
+    def capture(cfg: SimConfig, **_: object) -> None:  # stands in for the run itself
+        seen.append(cfg)
+        raise ConfigError("captured")
+
+    monkeypatch.setattr(sim, "simulate", capture)
+    flags = ["--robust", "trim", "--trim", "2", "--attackers", "3,", "--clip-tau", "auto", "--attack-scale", "1.5"]
+    result = CliRunner().invoke(app, ["simulate", "--config", str(path), *flags])
+    assert result.exit_code == 2 and "captured" in result.output
+    assert seen[-1] == load_config(path, {"robust": "trim", "trim": 2, "attackers": (3,), "clip_tau": "auto",
+                                          "attack_scale": 1.5})
+    CliRunner().invoke(app, ["simulate", "--attack", "alie", "--attackers", "2", "--clip-tau", "inf"])
+    assert (seen[-1].attack, seen[-1].attackers, seen[-1].clip_tau) == ("alie", 2, float("inf"))
+    bad = CliRunner().invoke(app, ["simulate", "--attackers", "two", "--attack", "noise"])
+    assert bad.exit_code == 2 and "attackers must be a count" in bad.output
+    bad = CliRunner().invoke(app, ["simulate", "--clip-tau", "wide"])
+    assert bad.exit_code == 2 and "clip_tau must be 'auto'" in bad.output
+
+
+def test_consensus_under_attack_reports_the_honest_nodes_agreement(tmp_path: Path) -> None:
+    cfg = SimConfig(algorithm="consensus", topology="torus:4x4", dim=8, rounds=40, eval_every=20, robust="clip",
+                    attack="noise", attackers=2, out=str(tmp_path))
+    result = simulate(cfg)
+    evals = [r for r in result.records if "honest_consensus_distance" in r]
+    assert [r["round"] for r in evals] == [0, 20, 40]
+    assert evals[-1]["honest_consensus_distance"] < 0.5 * evals[0]["honest_consensus_distance"]
+    assert result.summary["final"]["honest_consensus_distance"] == evals[-1]["honest_consensus_distance"]
+    assert result.summary["byzantine"]["attackers"] == [0, 6]
+    assert not any("train_loss" in r for r in result.records)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_robust_rules_hold_on_digits_where_plain_gossip_breaks(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """torus:4x4 with 4 sign-flipping attackers: each of the 12 honest nodes has exactly one
+    attacking neighbour among its four. Measured (200 rounds, logreg): attack-free 0.91; under
+    attack plain gossip 0.52 (node mean 0.27), clip 0.91, trim 0.92."""
+
+    def run(robust: str, attack: str) -> dict:
+        cfg = SimConfig(topology="torus:4x4", model="logreg", rounds=200, eval_every=200, robust=robust, attack=attack,
+                        attackers=0 if attack == "none" else 4, out=str(tmp_path / f"{attack}-{robust}"))
+        return simulate(cfg).summary
+
+    clean = run("none", "none")["final"]["accuracy"]
+    assert clean > 0.85
+    plain = run("none", "sign_flip")
+    assert plain["byzantine"]["max_attackers_per_honest_node"] == 1
+    assert plain["byzantine"]["honest_nodes_facing_attackers"] == 12
+    assert plain["final"]["honest_accuracy"] < clean - 0.2  # plain gossip breaks
+    for robust in ("clip", "trim"):
+        final = run(robust, "sign_flip")["final"]
+        assert final["honest_accuracy"] > clean - 0.05, robust  # within 5 points of the attack-free run
+        assert final["honest_node_accuracy_min"] > clean - 0.1, robust
+
+    from gossipfl.cli import _print_summary
+
+    _print_summary(plain)
+    shown = capsys.readouterr().out
+    for words in ("byzantine", "sign_flip from 4", "honest nodes", "averaged model"):
+        assert words in shown, words
