@@ -390,3 +390,10 @@ def test_robust_rules_hold_on_digits_where_plain_gossip_breaks(tmp_path: Path,
     shown = capsys.readouterr().out
     for words in ("byzantine", "sign_flip from 4", "honest nodes", "averaged model"):
         assert words in shown, words
+
+
+def test_networked_nodes_refuse_the_byzantine_keys_until_they_support_them() -> None:
+    from gossipfl.workload import Workload
+
+    with pytest.raises(ConfigError, match="simulator only"):
+        Workload(SimConfig(algorithm="consensus", robust="clip"), build_graph("ring:4"), "metropolis")
