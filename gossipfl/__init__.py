@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from .algorithms import centralized as centralized
     from .algorithms import consensus as consensus
     from .algorithms import dpsgd as dpsgd
+    from .attacks import make_attack as make_attack
+    from .attacks import place_attackers as place_attackers
     from .auth import load_key as load_key
     from .collect import collect as collect
     from .config import GossipOptions as GossipOptions
@@ -45,6 +47,11 @@ if TYPE_CHECKING:
     from .network import run_nodes as run_nodes
     from .node import Node as Node
     from .plot import plot_runs as plot_runs
+    from .robust import clip_one as clip_one
+    from .robust import clip_radius as clip_radius
+    from .robust import clip_sparse as clip_sparse
+    from .robust import trimmed_mean_one as trimmed_mean_one
+    from .robust import trimmed_mean_sparse as trimmed_mean_sparse
     from .sim import SimResult as SimResult
     from .sim import prepare as prepare
     from .sim import simulate as simulate
@@ -119,6 +126,13 @@ _EXPORTS: dict[str, str] = {
     "decode_frame": "wire",
     "collect": "collect",
     "load_key": "auth",
+    "clip_one": "robust",
+    "clip_radius": "robust",
+    "clip_sparse": "robust",
+    "trimmed_mean_one": "robust",
+    "trimmed_mean_sparse": "robust",
+    "make_attack": "attacks",
+    "place_attackers": "attacks",
 }
 
 __all__ = list(_EXPORTS)

@@ -98,18 +98,38 @@ def simulate(
     seed: int | None = typer.Option(None, help="Seed for graph, data split, init and sampling (default 0)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
     name: str | None = typer.Option(None, help="Run name (default derived from the config and time)."),
+    robust: str | None = typer.Option(
+        None, help="How nodes combine what neighbours send: none (plain gossip, default), clip (self-centred "
+        "clipping), trim (coordinate-wise trimmed mean)."),
+    clip_tau: str | None = typer.Option(
+        None, help="clip: the radius, or auto (default: the distance to the (trim+1)-th farthest neighbour)."),
+    trim: int | None = typer.Option(
+        None, help="Byzantine neighbours each node tolerates (default 1): trim drops this many values at each "
+        "end per coordinate; clip with auto radius clips this many farthest neighbours."),
+    attack: str | None = typer.Option(
+        None, help="What attackers send: none (default), sign_flip, noise, alie, constant."),
+    attackers: str | None = typer.Option(
+        None, help="Attacking nodes: a count (default 0; placed so no honest node has two attacking neighbours) "
+        "or comma-separated node ids."),
+    attack_scale: float | None = typer.Option(
+        None, help="Attack strength: sign_flip sends -scale*x (default 1), noise adds N(0, scale^2) (default 10), "
+        "alie shifts by scale standard deviations (default 1)."),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="TOML experiment config with the same keys as these flags; flags override it."
     ),
 ) -> None:
     """Simulate N gossip nodes in one process; write metrics.jsonl, summary.json and plot.png."""
     flags = {k: v for k, v in locals().items() if k != "config" and v is not None}
-    from .config import load_config, make_config
+    from .config import load_config, make_config, parse_attackers, parse_clip_tau
     from .plot import plot_runs
     from .sim import simulate as run_simulation
 
     if "out" in flags:
         flags["out"] = str(flags["out"])
+    if "clip_tau" in flags:
+        flags["clip_tau"] = parse_clip_tau(flags["clip_tau"])
+    if "attackers" in flags:
+        flags["attackers"] = parse_attackers(flags["attackers"])
     cfg = load_config(config, flags) if config else make_config(flags, source="flags")
 
     # The bar starts on the first report, after the config, graph and data have been checked,
@@ -190,6 +210,13 @@ def _print_summary(s: dict[str, Any]) -> None:
                 f"min {100 * final['node_accuracy_min']:.2f}%  mean {100 * final['node_accuracy_mean']:.2f}%  "
                 f"max {100 * final['node_accuracy_max']:.2f}%",
             )
+        if "honest_accuracy" in final:
+            table.add_row(
+                "honest nodes",
+                f"averaged model {100 * final['honest_accuracy']:.2f}%, node mean "
+                f"{100 * final['honest_node_accuracy_mean']:.2f}% (min {100 * final['honest_node_accuracy_min']:.2f}%)"
+                f", consensus distance {final['honest_consensus_distance']:.3e}",
+            )
         p = s["partition"]
         table.add_row(
             "partition",
@@ -197,6 +224,14 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"{p['classes_per_node_mean']:.1f} classes/node on average "
             f"(min {p['classes_per_node_min']}, max {p['classes_per_node_max']})",
         )
+    if "byzantine" in s:
+        b = s["byzantine"]
+        attack = (f"{b['attack']} from {len(b['attackers'])} attacker(s) {b['attackers']}, at most "
+                  f"{b['max_attackers_per_honest_node']} per honest node ({b['honest_nodes_facing_attackers']} of "
+                  f"{b['honest_nodes']} honest nodes face one)" if b["attack"] != "none" else "no attack")
+        table.add_row("byzantine", f"rule {b['robust']}; {attack}")
+        if "honest_accuracy" not in final and "honest_consensus_distance" in final:
+            table.add_row("honest nodes", f"consensus distance {final['honest_consensus_distance']:.3e}")
     console.print(table)
 
 

@@ -21,6 +21,8 @@ MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
 GOSSIP_MODES: tuple[str, ...] = ("async", "sync")
 THREAD_POLICIES: tuple[str, ...] = ("auto", "always", "never")
+ROBUST_RULES: tuple[str, ...] = ("none", "clip", "trim")
+ATTACKS: tuple[str, ...] = ("none", "sign_flip", "noise", "alie", "constant")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +47,13 @@ class SimConfig:
     seed: int = 0
     out: str | None = None  # run directory; runs/<name> when unset
     name: str | None = None  # run name; derived from the config when unset
+    # Byzantine robustness (simulator): how nodes combine what neighbours send, and who attacks.
+    robust: str = "none"  # none (plain gossip) | clip (self-centred clipping) | trim (trimmed mean)
+    clip_tau: float | str = "auto"  # clip radius, or auto: distance to the (trim+1)-th farthest neighbour
+    trim: int = 1  # Byzantine neighbours tolerated: trim drops this many per end; auto clip_tau spares them
+    attack: str = "none"  # none | sign_flip | noise | alie | constant: what the attackers send
+    attackers: int | tuple[int, ...] = 0  # a count (placed at most one per honest neighbourhood) or node ids
+    attack_scale: float | None = None  # sign_flip: -scale*x (1); noise: sigma (10); alie: z (1)
 
     def __post_init__(self) -> None:
         for key in ("topology", "algorithm", "dataset", "partition", "model", "optimizer", "mixing"):
@@ -71,6 +80,52 @@ class SimConfig:
             raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
+        self._check_byzantine()
+
+    def _check_byzantine(self) -> None:
+        """Checks the robust-rule and attack keys (the graph-dependent checks come in `prepare`)."""
+        _check_choice("robust", self.robust, ROBUST_RULES)
+        _check_choice("attack", self.attack, ATTACKS)
+        if self.clip_tau != "auto" and (isinstance(self.clip_tau, bool) or not isinstance(self.clip_tau, (int, float))
+                                        or not self.clip_tau > 0):
+            raise ConfigError(f"clip_tau must be 'auto' or a positive number (inf: no clipping), got {self.clip_tau!r}")
+        if isinstance(self.trim, bool) or not isinstance(self.trim, int) or self.trim < 0:
+            raise ConfigError(f"trim must be a non-negative integer, got {self.trim!r}")
+        attackers = self.attackers
+        if isinstance(attackers, list):
+            attackers = tuple(attackers)
+            object.__setattr__(self, "attackers", attackers)  # a TOML/JSON list: frozen and hashable
+        if isinstance(attackers, tuple):
+            if not attackers or any(isinstance(a, bool) or not isinstance(a, int) or a < 0 for a in attackers):
+                raise ConfigError(f"attackers must be a count or a non-empty list of node ids (integers >= 0), "
+                                  f"got {list(attackers)!r}")
+            if len(set(attackers)) != len(attackers):
+                raise ConfigError(f"attackers lists a node twice: {list(attackers)!r}")
+        elif isinstance(attackers, bool) or not isinstance(attackers, int) or attackers < 0:
+            raise ConfigError(f"attackers must be a non-negative count or a list of node ids, got {attackers!r}")
+        if (self.attack == "none") != (self.attackers == 0):
+            if self.attack == "none":
+                raise ConfigError(f"attackers={self.attackers!r} but attack is 'none'; choose what they send: "
+                                  f"attack = {', '.join(ATTACKS[1:])}")
+            raise ConfigError(f"attack {self.attack!r} needs attackers: a count (e.g. attackers = 1, placed so that "
+                              "no honest node has two attacking neighbours) or a list of node ids")
+        if self.attack_scale is not None:
+            if (isinstance(self.attack_scale, bool) or not isinstance(self.attack_scale, (int, float))
+                    or not 0 < self.attack_scale < math.inf):
+                raise ConfigError(f"attack_scale must be a positive finite number, got {self.attack_scale!r}")
+            if self.attack in ("none", "constant"):
+                raise ConfigError(f"attack_scale does not apply to attack {self.attack!r}; leave it unset")
+        byzantine = self.robust != "none" or self.attack != "none"
+        if byzantine and self.algorithm == "centralized":
+            raise ConfigError("robust rules and attacks concern gossip between nodes; the centralized reference has "
+                              "none — use algorithm dpsgd or consensus, or robust = attack = 'none'")
+        if byzantine and self.mixing == "dense":
+            raise ConfigError("robust rules and attacks run on neighbour lists; use mixing 'auto' or 'sparse'")
+
+    @property
+    def byzantine(self) -> bool:
+        """Whether the run uses a robust rule or has attackers (the plain kernels serve the rest)."""
+        return self.robust != "none" or self.attack != "none"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values."""
@@ -107,6 +162,34 @@ class GossipOptions:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ConfigError(f"{key} must be a non-negative number of seconds, got {value!r}")
+
+
+def parse_clip_tau(text: str) -> float | str:
+    """A --clip-tau flag: 'auto' or a number (its range is checked by SimConfig).
+
+    Raises:
+      ConfigError: for anything else.
+    """
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"clip_tau must be 'auto' or a positive number, got {text!r}") from None
+
+
+def parse_attackers(text: str) -> int | tuple[int, ...]:
+    """An --attackers flag: a count ('2') or comma-separated node ids ('0,5,9'; '3,' is the one id 3).
+
+    Raises:
+      ConfigError: for anything else.
+    """
+    try:
+        if "," in text:
+            return tuple(int(part) for part in text.split(",") if part.strip())
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"attackers must be a count or comma-separated node ids, got {text!r}") from None
 
 
 def config_keys() -> tuple[str, ...]:

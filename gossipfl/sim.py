@@ -5,6 +5,11 @@ step (`jax.vmap` over nodes), then the stacked parameters are mixed with the gra
 inside `jax.lax.scan` in chunks of `eval_every`, with the state's buffers donated so they are
 reused in place; between chunks the averaged model and every node are evaluated on the test set
 and the metrics are appended to `metrics.jsonl`. The node axis is sharded over all JAX devices.
+
+With a robust rule or attackers (`robust`, `attack` in the config) the mixing step is
+`gossipfl.robust`'s rule on neighbour lists, applied to what nodes send: the attackers' rows are
+replaced by `gossipfl.attacks`' messages each round. Such runs also report `honest_*` metrics,
+taken over the honest nodes only; the plain path is untouched.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +30,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import algorithms as algos
+from .attacks import DEFAULT_SCALES, attackers_seen, honest_mask, inject, make_attack, resolve_attackers
 from .config import SimConfig
 from .data import Dataset, label_counts, load_dataset, pad_partitions, partition, partition_summary
 from .errors import ConfigError
 from .metrics import MetricsWriter, fit_rate
-from .mixing import consensus_distance, mix_dense, mix_sparse, neighbor_lists, network_mean
+from .mixing import NeighborLists, consensus_distance, mix_dense, mix_sparse, neighbor_lists, network_mean
 from .models import make_model
+from .robust import check_degrees, make_combiner
 from .topology import DENSE_MAX_NODES, Spectrum, build_graph, mixing_matrix, resolve_weights, spectrum
 
 DEFAULT_NODES = 16
@@ -108,8 +115,53 @@ class Prepared:
     info: dict[str, Any]
 
 
-def _learning_parts(cfg: SimConfig, n: int, dataset: Dataset):
-    """Algorithm, initial states, data arrays, sampler and evaluator of a learning run."""
+class ByzantineOp(NamedTuple):
+    """The mixing operand of a run with a robust rule or attackers (a pytree, so it enters jit).
+
+    Attributes:
+      nbrs: the mixing matrix as neighbour lists.
+      attackers: int32 (A,) the attackers' ids (A may be 0).
+      honest: bool (N,), False at the attackers.
+      initial: the attackers' initial models, leaves (A, ...) (the constant attack sends them).
+    """
+
+    nbrs: NeighborLists
+    attackers: jax.Array
+    honest: jax.Array
+    initial: Any
+
+
+def byzantine_mix(cfg: SimConfig) -> Callable[[ByzantineOp, Any, jax.Array], Any]:
+    """The mixing step of a run with a robust rule or attackers: `mix(op, params, key)`.
+
+    Every node sends its model, except the attackers, who send the attack's message; then every
+    node combines its own model with what its neighbours sent, by the config's rule.
+    """
+    combine = make_combiner(cfg.robust, tau=None if cfg.clip_tau == "auto" else float(cfg.clip_tau), trim=cfg.trim)
+
+    def mix(op: ByzantineOp, params: Any, key: jax.Array) -> Any:
+        sent = params
+        if cfg.attack != "none":
+            attack = make_attack(cfg.attack, scale=cfg.attack_scale, initial=op.initial)
+            sent = inject(params, op.attackers, attack(params, op.attackers, op.honest, key))
+        return combine(op.nbrs, params, sent)
+
+    return mix
+
+
+def _honest_mean(params: Any, honest: jax.Array) -> Any:
+    count = jnp.sum(honest)
+    return jax.tree.map(
+        lambda x: jnp.sum(jnp.where(honest.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), axis=0) / count, params)
+
+
+def _honest_distance(params: Any, honest_ids: np.ndarray) -> jax.Array:
+    return consensus_distance(jax.tree.map(lambda x: x[honest_ids], params))
+
+
+def _learning_parts(cfg: SimConfig, n: int, dataset: Dataset, honest: np.ndarray | None = None):
+    """Algorithm, initial states, data arrays, sampler and evaluator of a learning run (with
+    `honest` given, the evaluator adds the honest nodes' metrics)."""
     parts = partition(dataset.y_train, n, cfg.partition, seed=cfg.seed, num_classes=dataset.num_classes)
     counts = label_counts(dataset.y_train, parts, dataset.num_classes)
     idx, lengths = pad_partitions(parts)
@@ -142,8 +194,16 @@ def _learning_parts(cfg: SimConfig, n: int, dataset: Dataset):
         x, y = data["x_test"], data["y_test"]
         loss, acc = algos.evaluate(graphdef, network_mean(state.params), x, y)
         _, node_acc = jax.vmap(algos.evaluate, in_axes=(None, 0, None, None))(graphdef, state.params, x, y)
-        return {"loss": loss, "accuracy": acc, "node_accuracy_min": node_acc.min(),
-                "node_accuracy_mean": node_acc.mean(), "node_accuracy_max": node_acc.max()}
+        out = {"loss": loss, "accuracy": acc, "node_accuracy_min": node_acc.min(),
+               "node_accuracy_mean": node_acc.mean(), "node_accuracy_max": node_acc.max()}
+        if honest is not None:
+            mask = jnp.asarray(honest)
+            h_loss, h_acc = algos.evaluate(graphdef, _honest_mean(state.params, mask), x, y)
+            h_node = node_acc[np.flatnonzero(honest)]
+            out.update({"honest_loss": h_loss, "honest_accuracy": h_acc, "honest_node_accuracy_min": h_node.min(),
+                        "honest_node_accuracy_mean": h_node.mean(), "honest_node_accuracy_max": h_node.max(),
+                        "honest_consensus_distance": _honest_distance(state.params, np.flatnonzero(honest))})
+        return out
 
     info = {
         "dataset": dataset.name,
@@ -158,27 +218,34 @@ def _learning_parts(cfg: SimConfig, n: int, dataset: Dataset):
     return algorithm, state, data, sample, jax.jit(evaluate), info
 
 
-def _consensus_parts(cfg: SimConfig, n: int, key: jax.Array):
+def _consensus_parts(cfg: SimConfig, n: int, key: jax.Array, honest: np.ndarray | None = None):
     algorithm = algos.consensus()
     x0 = jax.random.normal(key, (n, cfg.dim), jnp.float32)
-    return algorithm, jax.vmap(algorithm.init)(x0), {}, lambda data, key: (), None, {"dim": cfg.dim}
+    evaluate = None
+    if honest is not None:  # pure averaging has no model to test, only the honest nodes' agreement
+        ids = np.flatnonzero(honest)
+        evaluate = jax.jit(lambda state, data: {"honest_consensus_distance": _honest_distance(state.params, ids)})
+    return algorithm, jax.vmap(algorithm.init)(x0), {}, lambda data, key: (), evaluate, {"dim": cfg.dim}
 
 
 def make_chunk_runner(algorithm: algos.Algorithm, sample: Callable[[Any, jax.Array], Any],
-                      mix: Callable[[Any, Any], Any], *, unroll: bool = False) -> Callable[..., Any]:
+                      mix: Callable[..., Any], *, unroll: bool = False, keyed: bool = False) -> Callable[..., Any]:
     """The jit-compiled simulator: `run(state, mixing_op, data, keys) -> (state, (dists, losses))`.
 
     Runs one round per key with `jax.lax.scan`: every node's local update on its own minibatch
     `sample(data, key)` (`jax.vmap` over nodes), then, for algorithms that mix,
-    `mix(mixing_op, params)`. The state is donated, so each call updates it in place.
-    `unroll=True` unrolls the chunk's rounds (compile time grows with the chunk's length).
+    `mix(mixing_op, params)`, or with `keyed=True` `mix(mixing_op, params, key)` with a key of
+    its own for the round (random attacks). The state is donated, so each call updates it in
+    place. `unroll=True` unrolls the chunk's rounds (compile time grows with the chunk's length).
     """
 
     @partial(jax.jit, donate_argnums=0)
     def run(state: Any, mixing_op: Any, data: Any, keys: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
         def one_round(state: Any, key: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
             state, losses = jax.vmap(algorithm.local_update)(state, sample(data, key))
-            if algorithm.mixes:
+            if algorithm.mixes and keyed:
+                state = state._replace(params=mix(mixing_op, state.params, jax.random.fold_in(key, 1)))
+            elif algorithm.mixes:
                 state = state._replace(params=mix(mixing_op, state.params))
             return state, (consensus_distance(state.params), jnp.mean(losses))
 
@@ -201,16 +268,27 @@ def prepare(cfg: SimConfig) -> Prepared:
     # One seed, split: initial vectors / sampling never share a random stream.
     init_key, sample_key = jax.random.split(jax.random.key(cfg.seed))
     W = mixing_matrix(graph, weights, sparse=n > DENSE_MAX_NODES)
+    attackers = resolve_attackers(graph, cfg.attackers)
+    honest = honest_mask(n, attackers) if attackers else None
+    if cfg.robust == "trim":
+        check_degrees(neighbor_lists(W), cfg.trim)
     if cfg.algorithm == "consensus":
-        algorithm, state, data, sample, evaluate, info = _consensus_parts(cfg, n, init_key)
+        algorithm, state, data, sample, evaluate, info = _consensus_parts(cfg, n, init_key, honest)
     else:
         algorithm, state, data, sample, evaluate, info = _learning_parts(
-            cfg, n, load_dataset(cfg.dataset, seed=cfg.seed))
-    dense = cfg.mixing == "dense" or (
-        cfg.mixing == "auto" and n <= DENSE_MAX_NODES and graph.number_of_edges() * 2 > 0.5 * n * n)
+            cfg, n, load_dataset(cfg.dataset, seed=cfg.seed), honest)
+    dense = not cfg.byzantine and (cfg.mixing == "dense" or (
+        cfg.mixing == "auto" and n <= DENSE_MAX_NODES and graph.number_of_edges() * 2 > 0.5 * n * n))
     sharding = _node_sharding(n) if algorithm.mixes else None
     replicated = _replicated(sharding)
     mixing_op = jnp.asarray(W, jnp.float32) if dense else neighbor_lists(W)
+    mix = mix_dense if dense else mix_sparse
+    if cfg.byzantine:
+        ids = jnp.asarray(attackers, jnp.int32)
+        mixing_op = ByzantineOp(nbrs=mixing_op, attackers=ids, honest=jnp.asarray(honest_mask(n, attackers)),
+                                initial=jax.tree.map(lambda x: x[ids], state.params))
+        mix = byzantine_mix(cfg)
+        info["byzantine"] = _byzantine_info(cfg, graph, attackers)
     # XLA's CPU convolutions run ~5x slower inside a loop than outside one (measured), so
     # convolutional models unroll their rounds, in chunks short enough to compile quickly.
     unroll = cfg.algorithm != "consensus" and cfg.model == "cnn"
@@ -219,10 +297,27 @@ def prepare(cfg: SimConfig) -> Prepared:
         state=jax.device_put(state, sharding), data=jax.device_put(data, replicated),
         mixing_op=jax.device_put(mixing_op, replicated), kernel="dense" if dense else "sparse",
         devices=1 if sharding is None else int(sharding.mesh.size),
-        run_chunk=make_chunk_runner(algorithm, sample, mix_dense if dense else mix_sparse, unroll=unroll),
+        run_chunk=make_chunk_runner(algorithm, sample, mix, unroll=unroll, keyed=cfg.byzantine),
         max_chunk=_UNROLLED_CHUNK if unroll else None, sample=sample, evaluate=evaluate,
         round_key=lambda r: jax.random.fold_in(sample_key, r), info=info,
     )
+
+
+def _byzantine_info(cfg: SimConfig, graph: nx.Graph, attackers: list[int]) -> dict[str, Any]:
+    """The summary's record of the robust rule and the attack."""
+    seen = attackers_seen(graph, attackers)
+    return {
+        "robust": cfg.robust,
+        "clip_tau": cfg.clip_tau if cfg.robust == "clip" else None,
+        "trim": cfg.trim if cfg.robust == "trim" or (cfg.robust == "clip" and cfg.clip_tau == "auto") else None,
+        "attack": cfg.attack,
+        "attack_scale": (cfg.attack_scale if cfg.attack_scale is not None else DEFAULT_SCALES.get(cfg.attack)),
+        "attackers": attackers,
+        "honest_nodes": graph.number_of_nodes() - len(attackers),
+        # the most attacking neighbours any honest node has, and how many honest nodes face one
+        "max_attackers_per_honest_node": max(seen.values(), default=0),
+        "honest_nodes_facing_attackers": sum(1 for c in seen.values() if c),
+    }
 
 
 def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
@@ -265,9 +360,10 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
         compiled.add(steps)
         chunk = [{"round": done + i + 1, "consensus_distance": float(dist[i])} for i in range(steps)]
         done += steps
-        if run.evaluate is not None:
+        if cfg.algorithm != "consensus":
             for rec, value in zip(chunk, loss, strict=True):
                 rec["train_loss"] = float(value)
+        if run.evaluate is not None:
             if done % cfg.eval_every == 0 or done == cfg.rounds:
                 chunk[-1].update({k: float(v) for k, v in run.evaluate(state, data).items()})
         for rec in chunk:
@@ -278,7 +374,7 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     elapsed = time.perf_counter() - start
 
     distances = [r["consensus_distance"] for r in records]
-    last_eval = next((r for r in reversed(records) if "accuracy" in r), {})
+    last_eval = next((r for r in reversed(records) if "accuracy" in r or "honest_consensus_distance" in r), {})
     summary = {
         "config": cfg.to_dict(),
         "run_dir": str(run_dir),

@@ -79,6 +79,9 @@ class Workload:
         if cfg.algorithm not in NETWORK_ALGORITHMS:
             raise ConfigError(f"networked nodes run {' or '.join(NETWORK_ALGORITHMS)}, not {cfg.algorithm!r} "
                               "(centralized is the simulator's reference run)")
+        if cfg.byzantine:
+            raise ConfigError("robust rules and attacks run in the simulator only for now (gossipfl simulate); "
+                              "networked nodes average plainly — set robust and attack to 'none' in [experiment]")
         self.cfg = cfg
         self.graph = graph
         self.n = graph.number_of_nodes()

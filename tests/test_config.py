@@ -32,6 +32,12 @@ DEFAULTS = {
     "seed": 0,
     "out": None,
     "name": None,
+    "robust": "none",
+    "clip_tau": "auto",
+    "trim": 1,
+    "attack": "none",
+    "attackers": 0,
+    "attack_scale": None,
 }
 
 
