@@ -115,6 +115,9 @@ class Node:
         self._heard: dict[int, float] = {}  # neighbour -> when its newest frame arrived (trio time)
         self._peer_step: dict[int, int] = {}  # neighbour -> step of its newest frame
         self.resumed_from: int | None = None
+        # robust mode: neighbours send their models, not push-sum mass (see `_push_model`)
+        self.robust = work.robust_mix is not None
+        self.models: dict[int, Any] = {}  # neighbour -> its newest model
         self._prepare_dir(resume)
 
     # ------------------------------------------------------------------ receiving
@@ -246,6 +249,9 @@ class Node:
         dtype, which costs one rounding of the newest sum, never an accumulating error. The kept
         fraction is rounded to float32 once and the shares scaled to sum with it to exactly 1, so
         x (float32) and w (float64) are scaled alike."""
+        if self.robust:
+            self._push_model(final)
+            return
         sharing = [] if final else [j for j in self.peers if self._pushes_to(j)]
         keep = float(np.float32(self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in sharing)))
         pushed = sum(self.share_of[j] for j in sharing)
@@ -273,6 +279,34 @@ class Node:
             if self.transport.send(j, head, payload_views(payload)):
                 self._sent_ack[j] = ack
 
+    def _push_model(self, final: bool) -> None:
+        """Robust mode: sends every neighbour this node's current model (weight 1, no running
+        sums). A Byzantine neighbour could inject any amount of push-sum mass, which no rule can
+        bound after the fact; models can be clipped or trimmed one by one (`_mix_models`)."""
+        self.seq += 1
+        payload = None
+        for j in self.peers:
+            if not self.transport.is_up(j) or (j in self._finished and not final):
+                continue
+            if payload is None:  # one host copy of the model for all neighbours
+                payload = payload_views([np.asarray(a, dtype) for a, dtype in
+                                         zip(self.x, self.work.spec.dtypes, strict=True)])
+            head = encode_head(self.work.spec, sender=self.id, incarnation=self.incarnation, seq=self.seq,
+                               step=self.step, weight=1.0, final=final, ack=self.absorbed_seq.get(j, 0))
+            self.transport.send(j, head, payload)
+
+    async def _mix_models(self, frames: dict[int, Any]) -> None:
+        """Robust mode's mixing step: the configured rule (self-centred clipping or a trimmed
+        mean, `gossipfl.robust`) over the newest model of every neighbour heard from, so that no
+        single neighbour can pull this node further than the rule allows."""
+        for j, frame in frames.items():
+            self.models[j] = frame.leaves
+            self.absorbed_seq[j] = frame.seq
+            self.inbound[j]["absorbed"] += 1
+        weights = np.array([self.work.W[self.id, j] if j in self.models else 0.0 for j in self.peers], np.float32)
+        models = [self.models.get(j, self.x) for j in self.peers]
+        self.x = await self.run_sync(self.work.robust_mix, self.x, models, weights)
+
     async def _absorb(self) -> None:
         """The mixing step: adds what each neighbour's running sum grew by since last time.
 
@@ -283,6 +317,9 @@ class Node:
         consensus, on a slightly shifted average."""
         frames, self.mailbox = self.mailbox, {}
         if not frames:
+            return
+        if self.robust:
+            await self._mix_models(frames)
             return
         rebased = {j for j, f in frames.items() if self.rho_inc.get(j, f.incarnation) != f.incarnation}
         inbox = [frames[j].leaves if j in frames and j not in rebased else self.rho[j] for j in self.peers]

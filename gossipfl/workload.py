@@ -25,6 +25,7 @@ from .data import Dataset, load_dataset, partition
 from .errors import ConfigError, DataError
 from .mixing import mix_one
 from .models import make_model
+from .robust import clip_one, clip_radius, trimmed_mean_one
 from .topology import mixing_matrix
 from .wire import ModelSpec
 
@@ -79,9 +80,9 @@ class Workload:
         if cfg.algorithm not in NETWORK_ALGORITHMS:
             raise ConfigError(f"networked nodes run {' or '.join(NETWORK_ALGORITHMS)}, not {cfg.algorithm!r} "
                               "(centralized is the simulator's reference run)")
-        if cfg.byzantine:
-            raise ConfigError("robust rules and attacks run in the simulator only for now (gossipfl simulate); "
-                              "networked nodes average plainly — set robust and attack to 'none' in [experiment]")
+        if cfg.attack != "none":
+            raise ConfigError(f"attack {cfg.attack!r} is simulated only (gossipfl simulate); networked nodes are "
+                              "honest — set attack = 'none' (a robust rule, robust = 'clip' or 'trim', works on nodes)")
         self.cfg = cfg
         self.graph = graph
         self.n = graph.number_of_nodes()
@@ -157,6 +158,8 @@ class Workload:
         for k in sorted(degrees):
             jax.block_until_ready(self.scale(x, np.float32(1)))
             jax.block_until_ready(self.absorb(x, [zeros] * k, [zeros] * k))
+            if self.robust_mix is not None:
+                jax.block_until_ready(self.robust_mix(x, [x] * k, np.zeros(k, np.float32)))
 
     # ------------------------------------------------------------------ compiled functions
 
@@ -193,6 +196,19 @@ class Workload:
                       for i in range(len(x))]
             return mix_one(x, deltas, jnp.float32(1), jnp.ones((len(rhos),), jnp.float32))
 
+        rule, trim = self.cfg.robust, self.cfg.trim
+        tau = None if self.cfg.clip_tau == "auto" else float(self.cfg.clip_tau)
+
+        @jax.jit
+        def robust_mix(x: Leaves, models: list[Leaves], weights: jax.Array) -> Leaves:
+            # models: per neighbour, its newest model (the node's own x for one not heard from,
+            # with weight 0); weights: W_ij of the neighbours heard from, else 0
+            stacked = [jnp.stack([m[i] for m in models]) for i in range(len(x))]
+            if rule == "trim":
+                return trimmed_mean_one(x, stacked, trim, weights > 0)
+            radius = clip_radius(x, stacked, weights, trim) if tau is None else jnp.float32(tau)
+            return clip_one(x, stacked, 1.0 - jnp.sum(weights), weights, radius)
+
         @jax.jit
         def evaluate(params: Leaves, x: jax.Array, y: jax.Array):
             return algos.evaluate(self.graphdef, tree(params), x, y)
@@ -207,4 +223,5 @@ class Workload:
 
         self._init = init if self.learning else None
         self.train, self.scale, self.absorb, self.init_opt = train, scale, absorb, init_opt
+        self.robust_mix = robust_mix if rule != "none" else None
         self.evaluate = evaluate if self.learning else None

@@ -392,8 +392,8 @@ def test_robust_rules_hold_on_digits_where_plain_gossip_breaks(tmp_path: Path,
         assert words in shown, words
 
 
-def test_networked_nodes_refuse_the_byzantine_keys_until_they_support_them() -> None:
+def test_networked_nodes_refuse_attack_keys() -> None:
     from gossipfl.workload import Workload
 
-    with pytest.raises(ConfigError, match="simulator only"):
-        Workload(SimConfig(algorithm="consensus", robust="clip"), build_graph("ring:4"), "metropolis")
+    with pytest.raises(ConfigError, match="simulated only"):
+        Workload(SimConfig(algorithm="consensus", attack="noise", attackers=1), build_graph("ring:4"), "metropolis")
