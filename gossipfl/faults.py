@@ -396,6 +396,10 @@ class ProxyThread:
         finally:
             self._ready.set()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._token is not None
+
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs `fn(*args)` on the proxies' loop and returns its result."""
         if self._token is None or self._thread is None or not self._thread.is_alive():
@@ -558,6 +562,7 @@ class Cluster:
         self.proxies = [FaultProxy((self.host, self.ports[i]), node=i, loss=loss, delay=delay, seed=seed)
                         for i in range(self.n)] if proxies else []
         self._proxy_thread = ProxyThread(self.proxies) if proxies else None
+        self._final_stats: list[dict[str, Any]] = []
         self.procs: dict[int, subprocess.Popen | None] = dict.fromkeys(range(len(self.groups)))
         self.files: list[Path] = []
         self.started_at: dict[int, list[float]] = {g: [] for g in range(len(self.groups))}
@@ -701,6 +706,8 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     pass
         if self._proxy_thread is not None:
+            if self._proxy_thread.running:
+                self._final_stats = self._proxy_thread.stats()
             self._proxy_thread.stop()
 
     # ------------------------------------------------------------------ faults
@@ -731,8 +738,10 @@ class Cluster:
         self._proxies_call(lambda: [self.proxies[i].set_faults(loss=loss, delay=delay) for i in chosen])
 
     def proxy_stats(self) -> list[dict[str, Any]]:
-        """Each node's proxy counters ([] without proxies)."""
-        return self._proxy_thread.stats() if self._proxy_thread is not None else []
+        """Each node's proxy counters ([] without proxies; after `close`, their final values)."""
+        if self._proxy_thread is None:
+            return []
+        return self._proxy_thread.stats() if self._proxy_thread.running else self._final_stats
 
     # ------------------------------------------------------------------ reading the run
 
@@ -877,18 +886,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(e))
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(proxy.run)
-            print(f"proxy :{port} -> {args.target} (loss {args.loss}, delay {args.delay} s); Ctrl-C stops",
-                  flush=True)
+        # SIGINT and SIGTERM both stop it (SIGINT may be ignored in a background job's inheritance)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(proxy.run)
+                print(f"proxy :{port} -> {args.target} (loss {args.loss}, delay {args.delay} s); Ctrl-C stops",
+                      flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
 
     try:
         trio.run(run)
-    except KeyboardInterrupt:
-        print(json.dumps(proxy.stats.as_dict()))
     except FaultError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    print(json.dumps(proxy.stats.as_dict()), flush=True)
 
 
 if __name__ == "__main__":
