@@ -14,7 +14,11 @@ its gradient-noise floor. Scenario timings: see the module-level constants and t
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -30,6 +34,7 @@ from gossipfl.faults import (
     FaultProxy,
     distance_at,
     final_distance,
+    free_ports,
     initial_distance,
     max_step_gap,
     sketches,
@@ -591,3 +596,26 @@ def test_slow_node_does_not_hold_back_the_others(tmp_path):
     finally:
         for c in clusters.values():
             c.close()
+
+
+def test_proxy_command_line(tmp_path):
+    """`python -m gossipfl.faults`: one proxy in front of a port; its counters are printed when it
+    is stopped (Ctrl-C or SIGTERM)."""
+    port, listen = free_ports(2)
+    env = dict(os.environ)
+    bad = subprocess.run([sys.executable, "-m", "gossipfl.faults", "--target", f"127.0.0.1:{port}", "--loss", "1.5"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "loss must be a probability" in bad.stderr, bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "gossipfl.faults", "--target", f"127.0.0.1:{port}",
+                             "--listen", f"127.0.0.1:{listen}"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert f"proxy :{listen} -> 127.0.0.1:{port}" in proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", listen), timeout=10) as s:
+            s.settimeout(10)
+            assert s.recv(1) == b""  # nobody behind the proxy: it hangs up
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert json.loads(out)["upstream_failures"] == 1, out
+    finally:
+        proc.kill()
+        proc.wait(10)
