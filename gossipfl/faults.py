@@ -19,10 +19,13 @@ Every wait is bounded (upstream connect, a started frame, an idle connection, ea
 `ProxyThread` runs proxies on a trio loop in a background thread, for tests and scripts whose main
 thread is synchronous. `Cluster` starts `gossipfl node` processes from per-process topology files:
 in the file a process reads, the nodes it hosts have their real ports and every other node the
-port of its proxy, so all traffic between processes crosses a proxy while no node is changed
-(a node takes its own listen address and its neighbours' addresses from its own file; addresses
-are in no handshake). Host nodes so that no edge joins two nodes of one process (a colouring of
-the graph, see `color_groups`) and every link goes through a proxy.
+port of its proxy, so all traffic between processes crosses a proxy while no node is changed:
+a node takes its own listen address and its neighbours' addresses from its own file, and no
+address is part of any frame or handshake. The files must agree on everything else that shapes
+the run (edges, weights, the [experiment] table: a node derives its mixing weights and model from
+them); [gossip] settings may differ per process (a slow node's `step_interval`). Host nodes so
+that no edge joins two nodes of one process (a colouring of the graph, see `color_groups`) and
+every link goes through a proxy.
 
 A user checks a deployment the same way: put a proxy in front of a node's port, point the other
 nodes' files at the proxy, and inject faults::
