@@ -100,7 +100,8 @@ def _kill_nine_ten_eleven(work: Path, workload: str, restart: bool) -> dict[str,
         c.wait_until(lambda: min_step(c, victims) >= 50, START, "nodes 9-11 to reach step 50", poll=0.01)
         c.kill(2)
         steps = sorted(c.last_step(i) for i in victims)
-        faults = f"SIGKILL nodes 9, 10, 11 at steps {steps[0]}-{steps[-1]}"
+        at = f"step {steps[0]}" if steps[0] == steps[-1] else f"steps {steps[0]}-{steps[-1]}"
+        faults = f"SIGKILL nodes 9, 10, 11 at {at}"
         if restart:
             t = time.time()
             c.start([2])
