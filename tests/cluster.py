@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ import numpy as np
 import pytest
 
 from gossipfl.collect import collect, read_jsonl, read_sketches
+from gossipfl.faults import free_ports, topology_toml
 from gossipfl.wire import ModelSpec
 
 DIM = 1000  # consensus: each node's model is one float32 vector of this length
@@ -34,53 +33,13 @@ SPEC = ModelSpec(paths=("params",), shapes=((DIM,),), dtypes=("<f4",))
 KEY = "cluster-test-key-" + "0123456789abcdef" * 2  # the shared key of the authenticated runs
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports that can be bound on 127.0.0.1 now, below the ephemeral range, so that no outgoing
-    connection of a node started earlier can be holding one when its node starts listening."""
-    low = 32768
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < count:
-        port = rng.randrange(max(1024, low - 20000), low)
-        if port in ports:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
 def write_topology(path: Path, *, hosts: list[str], ports: list[int], experiment: dict, gossip: dict,
                    edges: list[tuple[int, int]] | None = None, name: str = "cluster") -> Path:
     """A topology TOML: a ring over the nodes (unless `edges`), one [[nodes]] table per address."""
     n = len(hosts)
     edges = edges or [(i, (i + 1) % n) for i in range(n)]
-    lines = [f"name = {toml_value(name)}", f"edges = {toml_value([list(e) for e in edges])}",
-             'weights = "metropolis"', ""]
-    for i, (host, port) in enumerate(zip(hosts, ports, strict=True)):
-        lines += ["[[nodes]]", f"id = {i}", f"host = {toml_value(host)}", f"port = {port}", ""]
-    for table, values in (("experiment", experiment), ("gossip", gossip)):
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(topology_toml(name=name, edges=edges, addresses=list(zip(hosts, ports, strict=True)),
+                                  experiment=experiment, gossip=gossip))
     return path
 
 
