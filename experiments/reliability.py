@@ -16,6 +16,9 @@ Scenarios (12-node ring unless said; `step_interval` 0.05 s, 400 steps per node)
   writes one; both resume (node 1 from the checkpoint before the partial one).
 - partition: the proxies cut the ring into 0..5 and 6..11 from step 50 to step 200, then heal.
 - loss-10, loss-30: every frame delayed 200 ms, 10% / 30% of them dropped.
+- corrupt: 1% of frames get one bit of their payload or tag flipped on the way: each must be
+  refused (bad_tag, and the connection closed: the stream can no longer be trusted), the sender
+  reconnects, and the frames queued behind it on that connection are lost with it.
 - slow: node 0 pauses 10x longer between steps than the others (0.5 s); it is stopped once the
   others are done. The others' training time is compared with the `none` run's.
 
@@ -195,6 +198,17 @@ def scenario_loss_30(work: Path, workload: str) -> dict[str, Any]:
     return _lossy(work, workload, 0.3)
 
 
+def scenario_corrupt(work: Path, workload: str) -> dict[str, Any]:
+    c = Cluster(work, edges=RING, groups=[EVEN, ODD], experiment=experiment(workload), gossip=GOSSIP, proxies=True,
+                corrupt=0.01, seed=2)
+    with c:
+        c.start()
+        c.wait(timeout=START + RUN)
+    corrupted = sum(s["corrupted"] for s in c.proxy_stats())
+    return {"cluster": c, "nodes": N, "faults": f"1% of frames with one bit flipped ({corrupted} frames)",
+            "mass_check": True, "corrupted": corrupted}
+
+
 def scenario_slow(work: Path, workload: str, baseline: float | None = None) -> dict[str, Any]:
     others = list(range(1, N))
     linger = 20.0
@@ -215,7 +229,8 @@ def scenario_slow(work: Path, workload: str, baseline: float | None = None) -> d
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "none": scenario_none, "crash": scenario_crash, "restart": scenario_restart, "checkpoint": scenario_checkpoint,
-    "partition": scenario_partition, "loss-10": scenario_loss_10, "loss-30": scenario_loss_30, "slow": scenario_slow,
+    "partition": scenario_partition, "loss-10": scenario_loss_10, "loss-30": scenario_loss_30,
+    "corrupt": scenario_corrupt, "slow": scenario_slow,
 }
 
 
@@ -276,7 +291,17 @@ def lost_mass(c: Cluster, meta: dict[str, Any]) -> str | None:
     return f"average off by {error / initial_distance(c.out, nodes):.0e} of the spread"
 
 
-LOSS_CHECKS: list[Callable[[Cluster, dict[str, Any]], str | None]] = [lost_nodes, lost_lines, lost_frames, lost_mass]
+def lost_corruption(c: Cluster, meta: dict[str, Any]) -> str | None:
+    """Every frame a proxy corrupted must have been refused by its node as bad_tag (none accepted)."""
+    if "corrupted" not in meta:
+        return None
+    refused = sum((node_counters(c, i).get("rejected") or {}).get("bad_tag", 0) for i in range(meta["nodes"]))
+    missing = meta["corrupted"] - refused
+    return f"{missing} corrupted frames not refused" if missing else None
+
+
+LOSS_CHECKS: list[Callable[[Cluster, dict[str, Any]], str | None]] = [
+    lost_nodes, lost_lines, lost_frames, lost_mass, lost_corruption]
 
 
 def measure(name: str, meta: dict[str, Any]) -> dict[str, str]:

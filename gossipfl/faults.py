@@ -91,6 +91,7 @@ class ProxyStats:
     frames_forwarded: int = 0
     bytes_forwarded: int = 0
     dropped: Counter = field(default_factory=Counter)
+    corrupted: int = 0  # of the frames forwarded, those with one bit flipped after the header (`corrupt`)
     resets: int = 0  # connections closed by a cut with reset=True
     discarded: int = 0  # frames taken in but never delivered: their connection ended while they waited
     unframed: int = 0  # connections that stopped parsing as frames and were passed through raw
@@ -98,7 +99,8 @@ class ProxyStats:
     def as_dict(self) -> dict[str, Any]:
         return {"connections": self.connections, "upstream_failures": self.upstream_failures,
                 "frames_forwarded": self.frames_forwarded, "bytes_forwarded": self.bytes_forwarded,
-                "dropped": dict(self.dropped), "resets": self.resets, "discarded": self.discarded,
+                "dropped": dict(self.dropped), "corrupted": self.corrupted, "resets": self.resets,
+                "discarded": self.discarded,
                 "unframed": self.unframed}
 
 
@@ -115,14 +117,16 @@ class FaultProxy:
     """Forwards TCP connections to `target`, dropping, delaying and cutting whole frames.
 
     `node`: the id of the node behind the proxy (for messages only). `loss` in [0, 1), `delay`
-    >= 0 seconds; both can be changed while running (`set_faults`). Up to `queue` frames per
+    >= 0 seconds, `corrupt` in [0, 1) (the probability that a frame has one bit of its payload or
+    tag flipped on the way, which the node must refuse as `bad_tag`); all can be changed while
+    running (`set_faults`). Up to `queue` frames per
     connection wait out the delay; beyond that the proxy stops reading (the sender's TCP buffer
     fills, as on a slow link). Call the control methods from the proxy's own trio loop (or through
     `ProxyThread.call`).
     """
 
     def __init__(self, target: tuple[str, int], *, node: int | None = None, listen: tuple[str, int] = ("127.0.0.1", 0),
-                 loss: float = 0.0, delay: float = 0.0, seed: int = 0, queue: int = 64,
+                 loss: float = 0.0, delay: float = 0.0, corrupt: float = 0.0, seed: int = 0, queue: int = 64,
                  timeouts: ProxyTimeouts | None = None, max_frame: int = 1 << 31) -> None:
         self.target = target
         self.node = node
@@ -133,7 +137,8 @@ class FaultProxy:
         self.max_frame = max_frame
         self.loss = 0.0
         self.delay = 0.0
-        self.set_faults(loss=loss, delay=delay)
+        self.corrupt = 0.0
+        self.set_faults(loss=loss, delay=delay, corrupt=corrupt)
         self.port: int | None = None
         self.stats = ProxyStats()
         self._cut: set[int | None] = set()  # senders cut; None: all, and unreadable senders
@@ -146,12 +151,14 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ control
 
-    def set_faults(self, *, loss: float | None = None, delay: float | None = None) -> None:
-        """Changes the loss probability and/or the delay of frames from now on."""
-        if loss is not None:
-            if not 0.0 <= loss < 1.0:
-                raise FaultError(f"loss must be a probability in [0, 1), got {loss!r}")
-            self.loss = float(loss)
+    def set_faults(self, *, loss: float | None = None, delay: float | None = None,
+                   corrupt: float | None = None) -> None:
+        """Changes the loss probability, the delay and/or the corruption probability of frames from now on."""
+        for name, value in (("loss", loss), ("corrupt", corrupt)):
+            if value is not None:
+                if not 0.0 <= value < 1.0:
+                    raise FaultError(f"{name} must be a probability in [0, 1), got {value!r}")
+                setattr(self, name, float(value))
         if delay is not None:
             if not 0.0 <= delay < math.inf:
                 raise FaultError(f"delay must be a non-negative number of seconds, got {delay!r}")
@@ -183,13 +190,26 @@ class FaultProxy:
         cut = self._reset if reset else self._cut
         return None in cut or sender in cut
 
-    def _lost(self, sender: int | None) -> bool:
-        if self.loss <= 0.0:
-            return False
+    def _rng(self, sender: int | None) -> random.Random:
         rng = self._rngs.get(sender)
         if rng is None:
             rng = self._rngs[sender] = random.Random(f"{self.seed}:{self.node}:{sender}")
-        return rng.random() < self.loss
+        return rng
+
+    def _lost(self, sender: int | None) -> bool:
+        return self.loss > 0.0 and self._rng(sender).random() < self.loss
+
+    def _corrupted(self, sender: int | None, blob: bytes, header_len: int) -> bytes | None:
+        """The frame with one random bit after its header flipped, with probability `corrupt`."""
+        if self.corrupt <= 0.0:
+            return None
+        rng = self._rng(sender)
+        if rng.random() >= self.corrupt:
+            return None
+        bit = rng.randrange(8 * (len(blob) - PREFIX.size - header_len))
+        flipped = bytearray(blob)
+        flipped[PREFIX.size + header_len + bit // 8] ^= 1 << (bit % 8)
+        return bytes(flipped)
 
     # ------------------------------------------------------------------ serving
 
@@ -221,7 +241,7 @@ class FaultProxy:
         self._conns.add(conn)
         try:
             with conn.scope:
-                send, receive = trio.open_memory_channel[tuple[float, bytes, bool]](self.queue)
+                send, receive = trio.open_memory_channel[tuple[float, bytes, bool, bool]](self.queue)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read, client, send, conn)
                     nursery.start_soon(self._write, upstream, receive, conn)
@@ -236,8 +256,8 @@ class FaultProxy:
 
     async def _read(self, client: trio.SocketStream, send: trio.MemorySendChannel, conn: _Conn) -> None:
         """Reads frames from the sender and queues the ones that pass, each with its release time.
-        An item is (release time, bytes, whether it is a whole frame). Returning ends the
-        connection once what is queued has been written."""
+        An item is (release time, bytes, whether it is a whole frame, whether it was corrupted).
+        Returning ends the connection once what is queued has been written."""
         async with send:
             while True:
                 prefix = b""
@@ -245,7 +265,7 @@ class FaultProxy:
                     prefix = await _receive_exactly(client, PREFIX.size)
                 if len(prefix) < PREFIX.size:  # closed (or idle) between frames; a fragment goes on as it came
                     if prefix:
-                        await send.send((trio.current_time() + self.delay, bytes(prefix), False))
+                        await send.send((trio.current_time() + self.delay, bytes(prefix), False, False))
                     return
                 magic, header_len, payload_len = PREFIX.unpack(prefix)
                 size = header_len + payload_len + TAG_BYTES
@@ -267,30 +287,31 @@ class FaultProxy:
                             return
                         blob += await _receive_exactly(client, payload_len + TAG_BYTES)
                 if len(blob) < PREFIX.size + size:  # cut short (closed, or stalled): pass the piece on, end
-                    await send.send((trio.current_time() + self.delay, blob, False))
+                    await send.send((trio.current_time() + self.delay, blob, False, False))
                     return
                 if self._is_cut(sender):
                     self.stats.dropped["cut"] += 1
                 elif self._lost(sender):
                     self.stats.dropped["loss"] += 1
                 else:
+                    flipped = self._corrupted(sender, blob, header_len)
                     conn.queued += 1
-                    await send.send((trio.current_time() + self.delay, blob, True))
+                    await send.send((trio.current_time() + self.delay, flipped or blob, True, flipped is not None))
 
     async def _raw(self, client: trio.SocketStream, send: trio.MemorySendChannel, first: bytes) -> None:
         """Passes the rest of a stream that is not a frame stream through unchanged."""
-        await send.send((trio.current_time() + self.delay, first, False))
+        await send.send((trio.current_time() + self.delay, first, False, False))
         while True:
             data = b""
             with trio.move_on_after(self.timeouts.idle):
                 data = await _receive_some(client)
             if not data:
                 return
-            await send.send((trio.current_time() + self.delay, data, False))
+            await send.send((trio.current_time() + self.delay, data, False, False))
 
     async def _write(self, upstream: trio.SocketStream, receive: trio.MemoryReceiveChannel, conn: _Conn) -> None:
         async with receive:
-            async for release, blob, whole in receive:
+            async for release, blob, whole, corrupted in receive:
                 await trio.sleep_until(release)
                 sent = False
                 with trio.move_on_after(self.timeouts.frame(len(blob))):
@@ -306,6 +327,7 @@ class FaultProxy:
                     conn.queued -= 1
                     self.stats.frames_forwarded += 1
                     self.stats.bytes_forwarded += len(blob)
+                    self.stats.corrupted += corrupted
         # the sender closed and everything it sent is out: close towards the node as well
         conn.scope.cancel()
 
@@ -529,7 +551,7 @@ class Cluster:
       group_gossip: per group index, [gossip] keys that differ in that process's file (e.g. a
         larger `step_interval` for a slow node).
       data: per node id, the node's own training .npz (the [[nodes]] `data` key).
-      proxies: put a `FaultProxy` in front of every node (`loss`, `delay`, `seed` apply to all).
+      proxies: put a `FaultProxy` in front of every node (`loss`, `delay`, `corrupt`, `seed` apply to all).
       key: the shared key (GOSSIPFL_KEY of the node processes).
       env: extra environment variables for the node processes.
 
@@ -540,8 +562,8 @@ class Cluster:
     def __init__(self, workdir: str | Path, *, edges: Sequence[tuple[int, int]], groups: Sequence[Sequence[int]],
                  experiment: dict[str, Any], gossip: dict[str, Any] | None = None,
                  group_gossip: dict[int, dict[str, Any]] | None = None, data: dict[int, str] | None = None,
-                 proxies: bool = False, loss: float = 0.0,
-                 delay: float = 0.0, seed: int = 0, key: str = "fault-injection-key-0123456789abcdef",
+                 proxies: bool = False, loss: float = 0.0, delay: float = 0.0, corrupt: float = 0.0, seed: int = 0,
+                 key: str = "fault-injection-key-0123456789abcdef",
                  env: dict[str, str] | None = None, name: str = "faults") -> None:
         self.workdir = Path(workdir)
         self.edges = [tuple(e) for e in edges]
@@ -562,7 +584,8 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.ports = free_ports(self.n, self.host)
-        self.proxies = [FaultProxy((self.host, self.ports[i]), node=i, loss=loss, delay=delay, seed=seed)
+        self.proxies = [FaultProxy((self.host, self.ports[i]), node=i, loss=loss, delay=delay, corrupt=corrupt,
+                                   seed=seed)
                         for i in range(self.n)] if proxies else []
         self._proxy_thread = ProxyThread(self.proxies) if proxies else None
         self._final_stats: list[dict[str, Any]] = []
@@ -734,11 +757,12 @@ class Cluster:
         """Ends every cut."""
         self._proxies_call(lambda: [p.heal() for p in self.proxies])
 
-    def set_faults(self, *, loss: float | None = None, delay: float | None = None,
+    def set_faults(self, *, loss: float | None = None, delay: float | None = None, corrupt: float | None = None,
                    nodes: Iterable[int] | None = None) -> None:
-        """Changes loss / delay on the links into `nodes` (default all)."""
+        """Changes loss / delay / corruption on the links into `nodes` (default all)."""
         chosen = list(range(self.n)) if nodes is None else list(nodes)
-        self._proxies_call(lambda: [self.proxies[i].set_faults(loss=loss, delay=delay) for i in chosen])
+        self._proxies_call(lambda: [self.proxies[i].set_faults(loss=loss, delay=delay, corrupt=corrupt)
+                                    for i in chosen])
 
     def proxy_stats(self) -> list[dict[str, Any]]:
         """Each node's proxy counters ([] without proxies; after `close`, their final values)."""
@@ -873,6 +897,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0", help="the proxy's address HOST:PORT (0: any port)")
     parser.add_argument("--loss", type=float, default=0.0, help="probability of dropping each frame")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds each frame is held back")
+    parser.add_argument("--corrupt", type=float, default=0.0,
+                        help="probability of flipping one bit of a frame's payload or tag (the node must refuse it)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -884,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         proxy = FaultProxy(address(args.target), listen=address(args.listen), loss=args.loss, delay=args.delay,
-                           seed=args.seed)
+                           corrupt=args.corrupt, seed=args.seed)
     except FaultError as e:
         parser.error(str(e))
 

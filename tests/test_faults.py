@@ -41,7 +41,7 @@ from gossipfl.faults import (
     step_records,
     torn_lines,
 )
-from gossipfl.wire import PREFIX, TAG_BYTES, ModelSpec, encode_frame
+from gossipfl.wire import PREFIX, TAG_BYTES, BadTag, ModelSpec, decode_frame, encode_frame
 
 KEY = b"fault-test-key-0123456789abcdef"
 SPEC = ModelSpec(paths=("params",), shapes=((10,),), dtypes=("<f4",))
@@ -162,6 +162,31 @@ def test_proxy_loss_is_seeded_per_sender():
         assert 0.25 * n < proxy.stats.dropped["loss"] < 0.35 * n, proxy.stats
 
     run_with_proxy(test, loss=p, seed=7)
+
+
+def test_proxy_corrupts_frames_so_that_they_fail_their_tag():
+    n = 400
+
+    async def test(proxy, sink):
+        async with await trio.open_tcp_stream("127.0.0.1", proxy.port) as s:
+            blobs = [frame(2, k) for k in range(n)]
+            await s.send_all(b"".join(blobs))
+            await until(lambda: len(sink.data) == sum(map(len, blobs)), what="the frames")
+        bad, k = 0, 0
+        for blob in blobs:  # same length, prefix and header; at most one flipped bit after the header
+            got = sink.data[k:k + len(blob)]
+            k += len(blob)
+            try:
+                decode_frame(got, SPEC, KEY)
+            except BadTag:
+                bad += 1
+                assert got[:len(blob) - 10 * 4 - TAG_BYTES] == blob[:len(blob) - 10 * 4 - TAG_BYTES]
+                assert sum(bin(a ^ b).count("1") for a, b in zip(got, blob, strict=True)) == 1
+            else:
+                assert got == blob
+        assert bad == proxy.stats.corrupted and 0.05 * n < bad < 0.15 * n, (bad, proxy.stats)
+
+    run_with_proxy(test, corrupt=0.1, seed=3)
 
 
 def test_proxy_delay_keeps_order():
