@@ -83,14 +83,16 @@ def _names(text: str, accepted: tuple[str, ...], what: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--topology", default="torus:4x4")
+    p.add_argument("--topology", default="torus:4x4", help="graph spec or file (default: torus:4x4)")
     p.add_argument("--attackers", type=int, default=4, help="attackers in each attacked run (placed automatically)")
-    p.add_argument("--model", default="logreg")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--rounds", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attacks", type=lambda t: _names(t, ATTACKS, "attacks"), default=list(ATTACKS))
-    p.add_argument("--rules", type=lambda t: _names(t, ROBUST_RULES, "rules"), default=list(ROBUST_RULES))
+    p.add_argument("--model", default="logreg", help="logreg, mlp or cnn (default: logreg)")
+    p.add_argument("--dataset", default="digits", help="digits, synthetic or a .npz (default: digits)")
+    p.add_argument("--rounds", type=int, default=300, help="rounds per run (default: 300)")
+    p.add_argument("--seed", type=int, default=0, help="one seed for graph, data, attackers (default: 0)")
+    p.add_argument("--attacks", type=lambda t: _names(t, ATTACKS, "attacks"), default=list(ATTACKS),
+                   help=f"comma-separated attacks (default: all of {', '.join(ATTACKS)})")
+    p.add_argument("--rules", type=lambda t: _names(t, ROBUST_RULES, "rules"), default=list(ROBUST_RULES),
+                   help=f"comma-separated rules (default: all of {', '.join(ROBUST_RULES)})")
     p.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
     p.add_argument("--out", type=Path, help="keep the run directories here (default: a temporary directory)")
     args = p.parse_args(argv)
