@@ -9,7 +9,6 @@ import hmac
 import json
 import shlex
 import signal
-import socket
 import subprocess
 
 import numpy as np
@@ -28,6 +27,7 @@ from cluster import (
     wait_until,
     write_topology,
 )
+from hostile import exchange
 
 from gossipfl.collect import read_jsonl
 from gossipfl.wire import MAGIC, PREFIX, ModelSpec, encode_frame, encode_head
@@ -149,20 +149,6 @@ def test_sigkill_and_restart_resumes_from_checkpoint(tmp_path, procs):
 # ----------------------------------------------------------------------------- 3. hostile frames
 
 
-def exchange(port: int, *blobs: bytes, timeout: float = 10.0) -> None:
-    """Sends `blobs` on one fresh connection, half-closes it, and waits until the node closes its
-    side (so each blob has been read and judged before this returns)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        try:
-            for blob in blobs:
-                s.sendall(blob)
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(4096):
-                pass
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # the node hung up first: it refuses the rest of a stream it cannot trust
-
-
 def tagged(head: bytes, payload: bytes, key: bytes) -> bytes:
     """A frame from a raw head and payload, tagged with `key` (for heads encode_frame would not write)."""
     return head + payload + hmac.new(key, head + payload, hashlib.sha256).digest()
@@ -211,8 +197,8 @@ def test_hostile_frames_are_counted_and_survived(tmp_path, procs):
     ]
     assert json.loads((node0 / "node.json").read_text())["parameters"] == DIM  # SPEC is node 0's model
     for blob in fatal:
-        exchange(port, blob)
-    exchange(port, *polite)
+        exchange(port, [blob])
+    exchange(port, polite)
     step_then = last_step(node0)
 
     assert procs.wait(proc, timeout=120) == 0, procs.tail(proc)
