@@ -30,6 +30,10 @@ def _label(run_dir: Path, summary: dict) -> str:
         bits[-1] += f" (N={topo['nodes']})"
     if cfg.get("algorithm") != "consensus" and cfg.get("partition"):
         bits.append(cfg["partition"])
+    if cfg.get("attack", "none") != "none":
+        bits.append(f"attack {cfg['attack']}")
+    if cfg.get("robust", "none") != "none":
+        bits.append(f"robust {cfg['robust']}")
     return ", ".join(bits)
 
 
