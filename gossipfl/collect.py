@@ -67,7 +67,7 @@ def _latest_by_step(items: list[tuple[int, Any]]) -> dict[int, Any]:
 FINAL_STEP = -1  # sketch.bin row of the model a node left with, after settling (see gossipfl.node)
 
 
-def _spread(vectors: np.ndarray) -> float:
+def spread(vectors: np.ndarray) -> float:
     """Consensus distance sqrt(mean_i ||v_i - mean||^2) of stacked (sketched) models."""
     return float(np.sqrt(np.mean(np.sum((vectors - vectors.mean(axis=0)) ** 2, axis=1))))
 
@@ -105,7 +105,7 @@ def collect(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if len(have) < 2:
             continue
         v = np.stack([vec for _, vec in have]).astype(np.float64)
-        dist = _spread(v)
+        dist = spread(v)
         by_step[step].update(consensus_distance=dist, time=float(np.mean([t for t, _ in have])) - t0,
                              nodes_reporting=len(have))
     for step in sorted({s for per in evals.values() for s in per}):
@@ -147,7 +147,7 @@ def collect(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                                 consensus_distance=records[-1]["consensus_distance"])
         summary["wall_seconds"] = records[-1]["time"]
     if len(finals) >= 2:  # the models the nodes left with, after settling
-        summary["final"]["consensus_distance"] = _spread(
+        summary["final"]["consensus_distance"] = spread(
             np.stack([vec for _, vec in finals.values()]).astype(np.float64))
         summary["wall_seconds"] = max(t for t, _ in finals.values()) - t0
     node_acc = {n: s["accuracy"] for n, s in summaries.items() if s.get("accuracy") is not None}

@@ -115,11 +115,10 @@ class SimConfig:
                 raise ConfigError(f"attack_scale must be a positive finite number, got {self.attack_scale!r}")
             if self.attack in ("none", "constant"):
                 raise ConfigError(f"attack_scale does not apply to attack {self.attack!r}; leave it unset")
-        byzantine = self.robust != "none" or self.attack != "none"
-        if byzantine and self.algorithm == "centralized":
+        if self.byzantine and self.algorithm == "centralized":
             raise ConfigError("robust rules and attacks concern gossip between nodes; the centralized reference has "
                               "none — use algorithm dpsgd or consensus, or robust = attack = 'none'")
-        if byzantine and self.mixing == "dense":
+        if self.byzantine and self.mixing == "dense":
             raise ConfigError("robust rules and attacks run on neighbour lists; use mixing 'auto' or 'sparse'")
 
     @property

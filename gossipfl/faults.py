@@ -24,8 +24,8 @@ a node takes its own listen address and its neighbours' addresses from its own f
 address is part of any frame or handshake. The files must agree on everything else that shapes
 the run (edges, weights, the [experiment] table: a node derives its mixing weights and model from
 them); [gossip] settings may differ per process (a slow node's `step_interval`). Host nodes so
-that no edge joins two nodes of one process (a colouring of the graph, see `color_groups`) and
-every link goes through a proxy.
+that no edge joins two nodes of one process (the groups colour the graph) and every link goes
+through a proxy.
 
 A user checks a deployment the same way: put a proxy in front of a node's port, point the other
 nodes' files at the proxy, and inject faults::
@@ -57,12 +57,11 @@ import msgpack
 import numpy as np
 import trio
 
-from .collect import FINAL_STEP, read_jsonl, read_sketches
+from .collect import FINAL_STEP, read_jsonl, read_sketches, spread
 from .errors import GossipError
-from .wire import MAGIC, MAX_HEADER_BYTES, PREFIX, TAG_BYTES
+from .wire import CHUNK_BYTES, MAGIC, MAX_HEADER_BYTES, PREFIX, TAG_BYTES
 
 ALL = None  # `cut(ALL)`: every sender, including frames whose sender cannot be read
-_CHUNK = 1 << 20
 
 
 class FaultError(GossipError):
@@ -348,7 +347,7 @@ class FaultProxy:
 
 async def _receive_some(stream: trio.SocketStream) -> bytes:
     try:
-        return await stream.receive_some(_CHUNK)
+        return await stream.receive_some(CHUNK_BYTES)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         return b""
 
@@ -358,7 +357,7 @@ async def _receive_exactly(stream: trio.SocketStream, n: int) -> bytearray:
     buf = bytearray()
     while len(buf) < n:
         try:
-            data = await stream.receive_some(min(n - len(buf), _CHUNK))
+            data = await stream.receive_some(min(n - len(buf), CHUNK_BYTES))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if not data:
@@ -457,37 +456,6 @@ class ProxyThread:
 
 
 # ----------------------------------------------------------------------------- graphs and files
-
-
-def torus_edges(rows: int, cols: int) -> list[tuple[int, int]]:
-    """Edges of the rows x cols torus, node r * cols + c (each cycle needs length >= 3)."""
-    if rows < 3 or cols < 3:
-        raise FaultError("a torus needs at least 3 rows and 3 columns (shorter cycles repeat edges)")
-    edges = set()
-    for r in range(rows):
-        for c in range(cols):
-            a = r * cols + c
-            for b in (r * cols + (c + 1) % cols, ((r + 1) % rows) * cols + c):
-                edges.add((min(a, b), max(a, b)))
-    return sorted(edges)
-
-
-def color_groups(n: int, edges: Sequence[tuple[int, int]]) -> list[list[int]]:
-    """The nodes split into independent sets (a DSatur colouring: exact on bipartite graphs, near
-    the fewest colours elsewhere); hosting each set in one process sends every edge's traffic
-    between processes, hence through the proxies."""
-    adjacency: dict[int, set[int]] = {i: set() for i in range(n)}
-    for a, b in edges:
-        adjacency[a].add(b)
-        adjacency[b].add(a)
-    color: dict[int, int] = {}
-    while len(color) < n:
-        # the uncoloured node with the most distinct colours among its neighbours, then most neighbours
-        node = max((i for i in range(n) if i not in color),
-                   key=lambda i: (len({color[j] for j in adjacency[i] if j in color}), len(adjacency[i]), -i))
-        taken = {color[j] for j in adjacency[node] if j in color}
-        color[node] = next(c for c in range(n) if c not in taken)
-    return [sorted(i for i in range(n) if color[i] == c) for c in sorted(set(color.values()))]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -591,7 +559,6 @@ class Cluster:
         self._final_stats: list[dict[str, Any]] = []
         self.procs: dict[int, subprocess.Popen | None] = dict.fromkeys(range(len(self.groups)))
         self.files: list[Path] = []
-        self.started_at: dict[int, list[float]] = {g: [] for g in range(len(self.groups))}
 
     # ------------------------------------------------------------------ life cycle
 
@@ -630,9 +597,6 @@ class Cluster:
         if self.files:
             self._write_file(g)
 
-    def group_of(self, node: int) -> int:
-        return next(g for g, ids in enumerate(self.groups) if node in ids)
-
     def command(self, g: int, *extra: str) -> list[str]:
         ids = ",".join(map(str, self.groups[g]))
         return [sys.executable, "-m", "gossipfl", "node", "--topology", str(self.files[g]), "--ids", ids,
@@ -653,7 +617,6 @@ class Cluster:
                 log.flush()
                 self.procs[g] = subprocess.Popen(self.command(g, *extra), stdout=log, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            self.started_at[g].append(time.time())
 
     def running(self, g: int) -> bool:
         proc = self.procs[g]
@@ -840,10 +803,8 @@ def sketches(node_dir: Path) -> np.ndarray:
     return read_sketches(node_dir / "sketch.bin", info["sketch_dim"])
 
 
-def spread(vectors: Sequence[np.ndarray]) -> float:
-    """Consensus distance sqrt(mean_i ||v_i - mean||^2) of sketched models."""
-    v = np.stack(vectors).astype(np.float64)
-    return float(np.sqrt(np.mean(np.sum((v - v.mean(axis=0)) ** 2, axis=1))))
+def _spread(vectors: Sequence[np.ndarray]) -> float:
+    return spread(np.stack(vectors).astype(np.float64))
 
 
 def distance_at(run_dir: Path, nodes: Iterable[int], when: float) -> float:
@@ -855,7 +816,7 @@ def distance_at(run_dir: Path, nodes: Iterable[int], when: float) -> float:
         rows = rows[rows["time"] <= when]
         if len(rows):
             latest.append(rows[np.argmax(rows["time"])]["v"])
-    return spread(latest) if len(latest) >= 2 else math.nan
+    return _spread(latest) if len(latest) >= 2 else math.nan
 
 
 def final_distance(run_dir: Path, nodes: Iterable[int]) -> float:
@@ -866,7 +827,7 @@ def final_distance(run_dir: Path, nodes: Iterable[int]) -> float:
         rows = rows[rows["step"] == FINAL_STEP]
         if len(rows):
             finals.append(rows[-1]["v"])
-    return spread(finals) if len(finals) >= 2 else math.nan
+    return _spread(finals) if len(finals) >= 2 else math.nan
 
 
 def initial_distance(run_dir: Path, nodes: Iterable[int]) -> float:
@@ -877,7 +838,7 @@ def initial_distance(run_dir: Path, nodes: Iterable[int]) -> float:
         rows = rows[rows["step"] == 0]
         if len(rows):
             first.append(rows[0]["v"])
-    return spread(first) if len(first) >= 2 else math.nan
+    return _spread(first) if len(first) >= 2 else math.nan
 
 
 def max_step_gap(records: Sequence[dict[str, Any]], start: float = -math.inf, end: float = math.inf) -> float:

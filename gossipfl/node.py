@@ -100,7 +100,6 @@ class Node:
         self.step = 0
         self.seq = 0
         self.incarnation = time.time_ns() // 1_000_000
-        self.accepted = 0
         self.rejected: Counter = Counter()
         # per neighbour, what became of the frames that came from it (see `counters`)
         self.inbound: dict[int, Counter] = {j: Counter() for j in self.peers}
@@ -139,7 +138,6 @@ class Node:
                 log.warning("node %d: %s (%s): %s [%d so far]", self.id, item.what, item.reason, item,
                             self.rejected[item.reason])
             return
-        self.accepted += 1
         inbound = self.inbound[item.sender]
         inbound["received"] += 1
         if item.sender in self.mailbox:  # overload: the newest frame replaces one not yet absorbed
@@ -367,6 +365,11 @@ class Node:
         """The de-biased model z = x / w this node would deploy."""
         return [np.asarray(a) / self.w for a in self.x]
 
+    @property
+    def accepted(self) -> int:
+        """Frames taken into the mailbox (every one came from a neighbour, so `inbound` has it)."""
+        return sum(c["received"] - c["rejected"] for c in self.inbound.values())
+
     def counters(self, *, links: bool = False) -> dict[str, Any]:
         """Frame counters for metrics. With `links`, per neighbour j (key str(j)):
 
@@ -488,7 +491,7 @@ class Node:
             for i, a in enumerate(self.rho[j]):
                 arrays[f"rho/{j}/{i}"] = np.asarray(a)
         meta = {"step": self.step, "seq": self.seq, "w": self.w, "sigma_w": self.sigma_w, "rho_w": self.rho_w,
-                "last_seen": {str(k): list(v) for k, v in self.last_seen.items()}, "accepted": self.accepted,
+                "last_seen": {str(k): list(v) for k, v in self.last_seen.items()},
                 "rho_inc": {str(k): v for k, v in self.rho_inc.items()}, "incarnation": self.incarnation,
                 "link": {k: getattr(self.transport.stats, k) for k in _LINK_COUNTERS},
                 "rejected": dict(self.rejected), "rng": self.rng.bit_generator.state,
@@ -525,7 +528,7 @@ class Node:
             self.incarnation = max(self.incarnation, int(meta["incarnation"]) + 1)
             for k in _LINK_COUNTERS:  # the counters go on from where they were
                 setattr(self.transport.stats, k, int(meta["link"][k]))
-            self.accepted, self.rejected = int(meta["accepted"]), Counter(meta["rejected"])
+            self.rejected = Counter(meta["rejected"])
             for j in self.peers:  # frames queued before the crash and not written count as dropped
                 queued, written = (int(meta["peer_out"][str(j)][k]) for k in ("queued", "written"))
                 counts = self.transport.stats.peer(j)

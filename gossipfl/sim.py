@@ -270,18 +270,18 @@ def prepare(cfg: SimConfig) -> Prepared:
     W = mixing_matrix(graph, weights, sparse=n > DENSE_MAX_NODES)
     attackers = resolve_attackers(graph, cfg.attackers)
     honest = honest_mask(n, attackers) if attackers else None
-    if cfg.robust == "trim":
-        check_degrees(neighbor_lists(W), cfg.trim)
+    dense = not cfg.byzantine and (cfg.mixing == "dense" or (
+        cfg.mixing == "auto" and n <= DENSE_MAX_NODES and graph.number_of_edges() * 2 > 0.5 * n * n))
+    mixing_op = jnp.asarray(W, jnp.float32) if dense else neighbor_lists(W)
+    if cfg.robust == "trim":  # robust runs are never dense: mixing_op holds the neighbour lists
+        check_degrees(mixing_op, cfg.trim)
     if cfg.algorithm == "consensus":
         algorithm, state, data, sample, evaluate, info = _consensus_parts(cfg, n, init_key, honest)
     else:
         algorithm, state, data, sample, evaluate, info = _learning_parts(
             cfg, n, load_dataset(cfg.dataset, seed=cfg.seed), honest)
-    dense = not cfg.byzantine and (cfg.mixing == "dense" or (
-        cfg.mixing == "auto" and n <= DENSE_MAX_NODES and graph.number_of_edges() * 2 > 0.5 * n * n))
     sharding = _node_sharding(n) if algorithm.mixes else None
     replicated = _replicated(sharding)
-    mixing_op = jnp.asarray(W, jnp.float32) if dense else neighbor_lists(W)
     mix = mix_dense if dense else mix_sparse
     if cfg.byzantine:
         ids = jnp.asarray(attackers, jnp.int32)
