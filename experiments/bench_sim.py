@@ -8,7 +8,7 @@ a jitted single-node value_and_grad + optax update on its own minibatch, then th
 per node in Python with jnp ops (how a naive simulator is written). Both run in the same process;
 the ratio is simulator / loop.
 
-The simulator side is exactly what `gossipfl simulate` runs: `gossipfl.sim.prepare(cfg)` builds
+The simulator side is exactly what `gossipfl simulate` runs: `gossipfl.sim.driver.prepare(cfg)` builds
 the graph, weights, stacked states, data and the compiled round, and the benchmark times the
 returned `run_chunk(state, mixing_op, data, keys)` (one `jax.lax.scan` of `vmap(local_update)` +
 `mix_sparse` rounds, state donated), called with the same per-round keys `simulate` uses. The
@@ -52,11 +52,11 @@ import scipy
 import scipy.sparse as sp
 
 import gossipfl
-from gossipfl import sim as gsim
-from gossipfl.algorithms import NodeState
+from gossipfl.sim import driver as gsim
+from gossipfl.learn.algorithms import NodeState
 from gossipfl.config import SimConfig
-from gossipfl.mixing import mix_dense, mix_sparse, neighbor_lists
-from gossipfl.topology import build_graph, mixing_matrix
+from gossipfl.learn.mixing import mix_dense, mix_sparse, neighbor_lists
+from gossipfl.graph.topology import build_graph, mixing_matrix
 
 # --------------------------------------------------------------------------- helpers
 
@@ -96,7 +96,7 @@ def _config(n: int, model: str) -> SimConfig:
 
 
 def _round_keys(base: jax.Array, start: int, steps: int) -> jax.Array:
-    # The keys `gossipfl.sim.simulate` feeds `run_chunk` for rounds start .. start + steps - 1.
+    # The keys `gossipfl.sim.driver.simulate` feeds `run_chunk` for rounds start .. start + steps - 1.
     return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.arange(start, start + steps))
 
 
@@ -193,7 +193,7 @@ def part_a(sizes: list[int], *, model: str, scan_rounds: int, repeats: int, loop
            loop_budget_s: float) -> None:
     print(f"Part A — simulator throughput: D-PSGD, {_MODEL_LABELS[model]} on digits, batch 32, "
           "ring, Metropolis, IID, SGD lr 0.1")
-    print(f"  simulator: gossipfl.sim.prepare(cfg).run_chunk, {scan_rounds} rounds per call, donated "
+    print(f"  simulator: gossipfl.sim.driver.prepare(cfg).run_chunk, {scan_rounds} rounds per call, donated "
           f"state, median of {repeats} calls after a warm-up call (compile excluded)")
     print(f"  loop     : per-node jitted step + per-node jnp mixing in Python, after a warm-up "
           f"round; up to {loop_rounds_max} rounds (fewer once {loop_budget_s:.0f} s is spent), median")

@@ -9,7 +9,7 @@ honest nodes' own models, the honest nodes' consensus distance, and the run's wa
 (compilation included). The averaged model can hide an attack that the nodes themselves suffer
 (noise averages out); the node mean and the consensus distance show it.
 
-Default setting: torus:4x4 with 4 attackers placed by `gossipfl.attacks.place_attackers`, so every
+Default setting: torus:4x4 with 4 attackers placed by `gossipfl.learn.attacks.place_attackers`, so every
 one of the 12 honest nodes has exactly one attacker among its 4 neighbours; logistic regression,
 IID partition, 300 rounds of D-PSGD (SGD lr 0.1, batch 32). About 2-3 minutes on 2 CPU cores.
 

@@ -1,5 +1,5 @@
-"""Reliability report: runs the fault scenarios of tests/test_faults.py in longer variants, with real
-`gossipfl node` processes on 127.0.0.1 behind `gossipfl.faults` proxies, and prints one table.
+"""Reliability report: runs the fault scenarios of tests/net/test_faults.py in longer variants, with real
+`gossipfl node` processes on 127.0.0.1 behind `gossipfl.net.faults` proxies, and prints one table.
 
     python experiments/reliability.py                     # all scenarios, a text table (~6 min on 2 cores)
     python experiments/reliability.py --markdown          # the same as a markdown table (the README's)
@@ -51,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from gossipfl.faults import (  # noqa: E402
+from gossipfl.net.faults import (  # noqa: E402
     Cluster,
     FaultError,
     final_distance,

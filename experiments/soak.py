@@ -1,5 +1,5 @@
 """Soak: a real `gossipfl node` flooded for minutes; does its memory stay flat? (prints figures; the
-short CI variant is tests/test_flood.py::test_soak_memory_flat, with the same harness).
+short CI variant is tests/net/test_flood.py::test_soak_memory_flat, with the same harness).
 
 Node 0 of a two-node consensus network runs as its own process on 127.0.0.1; this script plays
 node 1 (never started): it drains what node 0 sends it, and sends node 0 valid frames (seq
@@ -26,13 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "net"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from cluster import Procs  # noqa: E402
 from hostile import links_checks, run_soak  # noqa: E402
 
-from gossipfl.wire import REJECT_REASONS  # noqa: E402
+from gossipfl.net.wire import REJECT_REASONS  # noqa: E402
 
 
 def main() -> int:

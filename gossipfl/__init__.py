@@ -10,80 +10,80 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .algorithms import Algorithm as Algorithm
-    from .algorithms import NodeState as NodeState
-    from .algorithms import centralized as centralized
-    from .algorithms import consensus as consensus
-    from .algorithms import dpsgd as dpsgd
-    from .attacks import make_attack as make_attack
-    from .attacks import place_attackers as place_attackers
-    from .auth import load_key as load_key
-    from .collect import collect as collect
-    from .config import GossipOptions as GossipOptions
-    from .config import SimConfig as SimConfig
-    from .config import load_config as load_config
-    from .data import Dataset as Dataset
-    from .data import load_dataset as load_dataset
-    from .data import partition as partition
-    from .errors import ConfigError as ConfigError
-    from .errors import DataError as DataError
-    from .errors import GossipError as GossipError
-    from .errors import ModelError as ModelError
-    from .errors import PartitionError as PartitionError
-    from .errors import TopologyError as TopologyError
-    from .errors import WeightError as WeightError
-    from .metrics import fit_rate as fit_rate
-    from .metrics import load_run as load_run
-    from .mixing import NeighborLists as NeighborLists
-    from .mixing import consensus_distance as consensus_distance
-    from .mixing import mix_dense as mix_dense
-    from .mixing import mix_one as mix_one
-    from .mixing import mix_sparse as mix_sparse
-    from .mixing import neighbor_lists as neighbor_lists
-    from .models import make_model as make_model
-    from .network import Network as Network
-    from .network import load_network as load_network
-    from .network import make_nodes as make_nodes
-    from .network import run_nodes as run_nodes
-    from .node import Node as Node
-    from .plot import plot_runs as plot_runs
-    from .robust import clip_one as clip_one
-    from .robust import clip_radius as clip_radius
-    from .robust import clip_sparse as clip_sparse
-    from .robust import trimmed_mean_one as trimmed_mean_one
-    from .robust import trimmed_mean_sparse as trimmed_mean_sparse
-    from .sim import SimResult as SimResult
-    from .sim import prepare as prepare
-    from .sim import simulate as simulate
-    from .topology import build_graph as build_graph
-    from .topology import load_topology_file as load_topology_file
-    from .topology import mixing_matrix as mixing_matrix
-    from .topology import spectrum as spectrum
-    from .topology import topology_defaults as topology_defaults
-    from .transport import MemoryNetwork as MemoryNetwork
-    from .transport import TcpTransport as TcpTransport
-    from .transport import Transport as Transport
-    from .wire import Frame as Frame
-    from .wire import FrameError as FrameError
-    from .wire import ModelSpec as ModelSpec
-    from .wire import decode_frame as decode_frame
-    from .wire import encode_frame as encode_frame
-    from .workload import Workload as Workload
+    from gossipfl.config import GossipOptions as GossipOptions
+    from gossipfl.config import SimConfig as SimConfig
+    from gossipfl.config import load_config as load_config
+    from gossipfl.errors import ConfigError as ConfigError
+    from gossipfl.errors import DataError as DataError
+    from gossipfl.errors import GossipError as GossipError
+    from gossipfl.errors import ModelError as ModelError
+    from gossipfl.errors import PartitionError as PartitionError
+    from gossipfl.errors import TopologyError as TopologyError
+    from gossipfl.errors import WeightError as WeightError
+    from gossipfl.graph.topology import build_graph as build_graph
+    from gossipfl.graph.topology import load_topology_file as load_topology_file
+    from gossipfl.graph.topology import mixing_matrix as mixing_matrix
+    from gossipfl.graph.topology import spectrum as spectrum
+    from gossipfl.graph.topology import topology_defaults as topology_defaults
+    from gossipfl.learn.algorithms import Algorithm as Algorithm
+    from gossipfl.learn.algorithms import NodeState as NodeState
+    from gossipfl.learn.algorithms import centralized as centralized
+    from gossipfl.learn.algorithms import consensus as consensus
+    from gossipfl.learn.algorithms import dpsgd as dpsgd
+    from gossipfl.learn.attacks import make_attack as make_attack
+    from gossipfl.learn.attacks import place_attackers as place_attackers
+    from gossipfl.learn.data import Dataset as Dataset
+    from gossipfl.learn.data import load_dataset as load_dataset
+    from gossipfl.learn.data import partition as partition
+    from gossipfl.learn.mixing import NeighborLists as NeighborLists
+    from gossipfl.learn.mixing import consensus_distance as consensus_distance
+    from gossipfl.learn.mixing import mix_dense as mix_dense
+    from gossipfl.learn.mixing import mix_one as mix_one
+    from gossipfl.learn.mixing import mix_sparse as mix_sparse
+    from gossipfl.learn.mixing import neighbor_lists as neighbor_lists
+    from gossipfl.learn.models import make_model as make_model
+    from gossipfl.learn.robust import clip_one as clip_one
+    from gossipfl.learn.robust import clip_radius as clip_radius
+    from gossipfl.learn.robust import clip_sparse as clip_sparse
+    from gossipfl.learn.robust import trimmed_mean_one as trimmed_mean_one
+    from gossipfl.learn.robust import trimmed_mean_sparse as trimmed_mean_sparse
+    from gossipfl.metrics import fit_rate as fit_rate
+    from gossipfl.metrics import load_run as load_run
+    from gossipfl.net.auth import load_key as load_key
+    from gossipfl.net.collect import collect as collect
+    from gossipfl.net.network import Network as Network
+    from gossipfl.net.network import load_network as load_network
+    from gossipfl.net.network import make_nodes as make_nodes
+    from gossipfl.net.network import run_nodes as run_nodes
+    from gossipfl.net.node import Node as Node
+    from gossipfl.net.transport import MemoryNetwork as MemoryNetwork
+    from gossipfl.net.transport import TcpTransport as TcpTransport
+    from gossipfl.net.transport import Transport as Transport
+    from gossipfl.net.wire import Frame as Frame
+    from gossipfl.net.wire import FrameError as FrameError
+    from gossipfl.net.wire import ModelSpec as ModelSpec
+    from gossipfl.net.wire import decode_frame as decode_frame
+    from gossipfl.net.wire import encode_frame as encode_frame
+    from gossipfl.net.workload import Workload as Workload
+    from gossipfl.plot import plot_runs as plot_runs
+    from gossipfl.sim.driver import SimResult as SimResult
+    from gossipfl.sim.driver import prepare as prepare
+    from gossipfl.sim.driver import simulate as simulate
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "Algorithm": "algorithms",
-    "NodeState": "algorithms",
-    "centralized": "algorithms",
-    "consensus": "algorithms",
-    "dpsgd": "algorithms",
+    "Algorithm": "learn.algorithms",
+    "NodeState": "learn.algorithms",
+    "centralized": "learn.algorithms",
+    "consensus": "learn.algorithms",
+    "dpsgd": "learn.algorithms",
     "SimConfig": "config",
     "load_config": "config",
-    "Dataset": "data",
-    "load_dataset": "data",
-    "partition": "data",
+    "Dataset": "learn.data",
+    "load_dataset": "learn.data",
+    "partition": "learn.data",
     "ConfigError": "errors",
     "DataError": "errors",
     "GossipError": "errors",
@@ -93,46 +93,46 @@ _EXPORTS: dict[str, str] = {
     "WeightError": "errors",
     "fit_rate": "metrics",
     "load_run": "metrics",
-    "NeighborLists": "mixing",
-    "consensus_distance": "mixing",
-    "mix_dense": "mixing",
-    "mix_one": "mixing",
-    "mix_sparse": "mixing",
-    "neighbor_lists": "mixing",
-    "make_model": "models",
+    "NeighborLists": "learn.mixing",
+    "consensus_distance": "learn.mixing",
+    "mix_dense": "learn.mixing",
+    "mix_one": "learn.mixing",
+    "mix_sparse": "learn.mixing",
+    "neighbor_lists": "learn.mixing",
+    "make_model": "learn.models",
     "plot_runs": "plot",
-    "SimResult": "sim",
-    "prepare": "sim",
-    "simulate": "sim",
-    "build_graph": "topology",
-    "load_topology_file": "topology",
-    "mixing_matrix": "topology",
-    "spectrum": "topology",
-    "topology_defaults": "topology",
+    "SimResult": "sim.driver",
+    "prepare": "sim.driver",
+    "simulate": "sim.driver",
+    "build_graph": "graph.topology",
+    "load_topology_file": "graph.topology",
+    "mixing_matrix": "graph.topology",
+    "spectrum": "graph.topology",
+    "topology_defaults": "graph.topology",
     "GossipOptions": "config",
-    "Node": "node",
-    "Workload": "workload",
-    "Network": "network",
-    "load_network": "network",
-    "make_nodes": "network",
-    "run_nodes": "network",
-    "Transport": "transport",
-    "TcpTransport": "transport",
-    "MemoryNetwork": "transport",
-    "Frame": "wire",
-    "FrameError": "wire",
-    "ModelSpec": "wire",
-    "encode_frame": "wire",
-    "decode_frame": "wire",
-    "collect": "collect",
-    "load_key": "auth",
-    "clip_one": "robust",
-    "clip_radius": "robust",
-    "clip_sparse": "robust",
-    "trimmed_mean_one": "robust",
-    "trimmed_mean_sparse": "robust",
-    "make_attack": "attacks",
-    "place_attackers": "attacks",
+    "Node": "net.node",
+    "Workload": "net.workload",
+    "Network": "net.network",
+    "load_network": "net.network",
+    "make_nodes": "net.network",
+    "run_nodes": "net.network",
+    "Transport": "net.transport",
+    "TcpTransport": "net.transport",
+    "MemoryNetwork": "net.transport",
+    "Frame": "net.wire",
+    "FrameError": "net.wire",
+    "ModelSpec": "net.wire",
+    "encode_frame": "net.wire",
+    "decode_frame": "net.wire",
+    "collect": "net.collect",
+    "load_key": "net.auth",
+    "clip_one": "learn.robust",
+    "clip_radius": "learn.robust",
+    "clip_sparse": "learn.robust",
+    "trimmed_mean_one": "learn.robust",
+    "trimmed_mean_sparse": "learn.robust",
+    "make_attack": "learn.attacks",
+    "place_attackers": "learn.attacks",
 }
 
 __all__ = list(_EXPORTS)

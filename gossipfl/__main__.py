@@ -1,5 +1,5 @@
 """`python -m gossipfl`: the same as the `gossipfl` command."""
 
-from .cli import main
+from gossipfl.cli import main
 
 main()

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.exceptions import TyperException
 
-from .errors import GossipError
+from gossipfl.errors import GossipError
 
 app = typer.Typer(
     name="gossipfl",
@@ -120,9 +120,9 @@ def simulate(
 ) -> None:
     """Simulate N gossip nodes in one process; write metrics.jsonl, summary.json and plot.png."""
     flags = {k: v for k, v in locals().items() if k != "config" and v is not None}
-    from .config import load_config, make_config, parse_attackers, parse_clip_tau
-    from .plot import plot_runs
-    from .sim import simulate as run_simulation
+    from gossipfl.config import load_config, make_config, parse_attackers, parse_clip_tau
+    from gossipfl.plot import plot_runs
+    from gossipfl.sim.driver import simulate as run_simulation
 
     if "out" in flags:
         flags["out"] = str(flags["out"])
@@ -251,8 +251,8 @@ def topology_cmd(
     draw: Path | None = typer.Option(None, help="Write a drawing of the graph to this PNG."),
 ) -> None:
     """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates."""
-    from .topology import DENSE_MAX_NODES, build_graph, describe, mixing_matrix, resolve_weights
-    from .topology import draw as draw_graph
+    from gossipfl.graph.topology import DENSE_MAX_NODES, build_graph, describe, mixing_matrix, resolve_weights
+    from gossipfl.graph.topology import draw as draw_graph
 
     graph = build_graph(spec, nodes=nodes, seed=seed)
     rule = resolve_weights(spec, weights)
@@ -278,7 +278,7 @@ def plot(
     title: str | None = typer.Option(None, help="Figure title."),
 ) -> None:
     """Plot consensus distance (log scale, with the predicted SLEM^t line) and accuracy of runs."""
-    from .plot import plot_runs
+    from gossipfl.plot import plot_runs
 
     path = plot_runs(runs, out, title=title)
     console.print(f"wrote {path}")
@@ -298,13 +298,13 @@ def _node_tls(files: Any, net: Any, chosen: list[int]) -> Any:
     """The TLS contexts of the nodes `chosen`, each checked against its address; None without TLS."""
     if files is None:
         return None
-    from .tls import node_contexts
+    from gossipfl.net.tls import node_contexts
 
     return node_contexts(files, {i: net.address(i)[0] for i in chosen})
 
 
 def _node_key(key_file: Path | None, insecure: bool) -> Any:
-    from .auth import HOW_TO, load_key
+    from gossipfl.net.auth import HOW_TO, load_key
 
     key = load_key(key_file)
     if key is None and not insecure:
@@ -343,11 +343,11 @@ def node(
     A node resumes from DIR/node-<id>/checkpoint.npz when there is one (e.g. after a crash)."""
     import logging
 
-    from .auth import KEY_ENV
-    from .cache import enable_compile_cache
-    from .network import load_network, make_nodes, parse_ids, run_nodes
-    from .tls import tls_files
-    from .wire import check_key
+    from gossipfl.cache import enable_compile_cache
+    from gossipfl.net.auth import KEY_ENV
+    from gossipfl.net.network import load_network, make_nodes, parse_ids, run_nodes
+    from gossipfl.net.tls import tls_files
+    from gossipfl.net.wire import check_key
 
     key = check_key(_node_key(key_file, insecure))  # --insecure: tags under an empty key, checked by nobody
     files = tls_files(tls_cert, tls_key, tls_ca)
@@ -364,10 +364,10 @@ def node(
     os.environ.pop(KEY_ENV, None)  # not inherited by anything this process starts
     out_dir = out or Path("runs") / net.topology.name
     for i, contexts in (tls or {}).items():
-        logging.getLogger("gossipfl.node").info("node %d: TLS on, certificate %s, CA %s", i, contexts.files.cert,
+        logging.getLogger("gossipfl.net.node").info("node %d: TLS on, certificate %s, CA %s", i, contexts.files.cert,
                                                 contexts.files.ca)
     nodes = make_nodes(net, chosen, key=key, out=out_dir, resume=not fresh, tls=tls)
-    logging.getLogger("gossipfl.node").info("%d node(s) ready after %.1f s (imports, data, compilation)",
+    logging.getLogger("gossipfl.net.node").info("%d node(s) ready after %.1f s (imports, data, compilation)",
                                             len(nodes), time.process_time())
     try:
         summaries = run_nodes(nodes)
@@ -380,7 +380,7 @@ def node(
         console.print(f"node {s['id']}: {s['steps']} steps in {s['wall_seconds']:.1f} s{acc}; frames sent "
                       f"{s['frames_sent']}, accepted {s['frames_accepted']}, rejected {sum(s['rejected'].values())}")
     if merge:
-        from .launch import finalize
+        from gossipfl.net.launch import finalize
 
         finalize(out_dir, net, nodes[0].work)
         console.print(f"wrote {out_dir}/metrics.jsonl and summary.json ({len(list(out_dir.glob('node-*')))} node "
@@ -415,11 +415,11 @@ def launch(
 
     Writes DIR/node-<id>/ per node, DIR/logs/, and at the end DIR/metrics.jsonl, summary.json
     and plot.png. Ctrl-C stops the nodes (their checkpoints stay: launch again to resume)."""
-    from . import launch as launcher
-    from .auth import generate_key, load_key
-    from .network import load_network
-    from .plot import plot_runs
-    from .wire import key_ring
+    from gossipfl.net import launch as launcher
+    from gossipfl.net.auth import generate_key, load_key
+    from gossipfl.net.network import load_network
+    from gossipfl.net.wire import key_ring
+    from gossipfl.plot import plot_runs
 
     overrides = {"rounds": rounds} if rounds else None
     net = load_network(topology, overrides=overrides, gossip_overrides=_gossip_overrides(mode, gossip_every))

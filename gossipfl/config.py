@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .weights import WEIGHT_RULES
+from gossipfl.errors import ConfigError
+from gossipfl.graph.weights import WEIGHT_RULES
 
 # The names configs accept (the modules that implement them import these; this module stays free
 # of JAX so that launching and plotting start fast).

@@ -33,3 +33,8 @@ class ConfigError(GossipError):
 
 class RunDirError(GossipError):
     """A run directory cannot be written, or its metrics/summary cannot be read."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__

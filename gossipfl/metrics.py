@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RunDirError
+from gossipfl.errors import RunDirError
 
 # float32 parameters: below ~1e-5 of the largest distance, rounding noise dominates the signal.
 _FLOOR = 1e-5

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .collect import collect, is_launch_dir
-from .errors import GossipError, RunDirError
-from .metrics import load_run
+from gossipfl.errors import GossipError, RunDirError
+from gossipfl.metrics import load_run
 
 
 def _load(run_dir: str | Path) -> tuple[dict, list[dict]]:
     """A run's (summary, records); a launch directory whose launch did not finish (no merged
     metrics.jsonl yet) is read from its nodes' logs."""
-    if not (Path(run_dir) / "metrics.jsonl").is_file() and is_launch_dir(run_dir):
-        return collect(run_dir)
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        from gossipfl.net.collect import collect, is_launch_dir  # only a launch's directory needs it
+
+        if is_launch_dir(run_dir):
+            return collect(run_dir)
     return load_run(run_dir)
 
 

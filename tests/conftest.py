@@ -19,22 +19,3 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, deadline=None)
 settings.register_profile("explore", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator:
-    """The processes a test starts (see tests/cluster.py); all killed when the test ends."""
-    from cluster import Procs
-
-    logs = tmp_path / "proc-logs"
-    logs.mkdir()
-    p = Procs(logs)
-    try:
-        yield p
-    finally:
-        p.kill_all()

@@ -1,0 +1,515 @@
+"""Datasets (offline only) and the partitioners that deal training examples out to nodes."""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gossipfl.cache import cache_dir
+from gossipfl.errors import DataError, PartitionError
+
+NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
+
+MAX_CLASSES: int = 65536  # labels must lie in 0..MAX_CLASSES-1; keeps one-hot/histograms small
+MAX_SYNTHETIC_DIMS: int = 4096
+MAX_SYNTHETIC_CLASSES: int = 1024
+_MAX_SEED = 2**32  # the range scikit-learn and the config accept: 0..2**32-1
+
+_ACCEPTED_DATASETS = (
+    "digits, synthetic[:D:C], or a path to a .npz file with x_train, y_train, x_test, y_test"
+)
+_ACCEPTED_PARTITIONS = (
+    "iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), shards:K (K >= 1, e.g. shards:2)"
+)
+
+DATASETS_HELP: str = (
+    "Dataset: 'digits' (scikit-learn's bundled 8x8 handwritten digits, 10 classes, "
+    "1437 train / 360 test by default); 'synthetic' or 'synthetic:D:C' (a seeded, noise-free "
+    "linear teacher task in D dims with C classes, default 32 dims and 10 classes, 4000 train / "
+    "1000 test, best accuracy 1.0); or a path to a .npz file holding x_train, y_train, x_test, "
+    "y_test (integer labels 0..C-1; uint8 images are scaled to [0, 1]; pickled arrays are refused)."
+)
+
+PARTITIONS_HELP: str = (
+    "Partition: 'iid' (shuffle and split evenly); 'dirichlet:ALPHA' (label skew: each class is "
+    "split across nodes in Dirichlet(ALPHA) proportions, small ALPHA such as 0.1 leaves most "
+    "nodes with one or two classes); 'shards:K' (sort by label, cut into nodes*K equal shards "
+    "and give each node K of them, as in McMahan et al.). Every node gets at least one example."
+)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Dataset:
+    """A classification dataset split into train and test, with float32 inputs and int32 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    optimum_accuracy: float | None = None
+
+
+def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """Load a dataset by name: 'digits', 'synthetic[:D:C]' or a path to a '.npz' file.
+
+    `seed` drives the digits train/test split and the synthetic task; `test_fraction` applies to
+    digits only (synthetic has a fixed 4000/1000 split, a .npz file brings its own).
+
+    Raises:
+        DataError: the name is unknown, or the file is missing or malformed.
+    """
+    try:
+        name = os.fspath(name)
+    except TypeError:
+        raise DataError(
+            f"dataset name {name!r} is not a string or path; accepted: {_ACCEPTED_DATASETS}"
+        ) from None
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    _check_seed(seed, DataError)
+    if name == "digits":
+        return _load_digits(seed=seed, test_fraction=test_fraction)
+    if name == "synthetic" or name.startswith("synthetic:"):
+        dims, classes = _parse_synthetic(name)
+        return make_synthetic(dims, classes, seed=seed, name=name)
+    if name.endswith(".npz"):
+        return _load_npz(name)
+    raise DataError(f"unknown dataset {name!r}; accepted: {_ACCEPTED_DATASETS}")
+
+
+def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
+    ok = not isinstance(test_fraction, bool) and isinstance(test_fraction, (int, float, np.number))
+    if not ok or not 0.0 < test_fraction < 1.0:
+        raise DataError(
+            f"test_fraction {test_fraction!r} is out of range; accepted: 0 < test_fraction < 1"
+        )
+    # scikit-learn takes ~2 s to import; node processes load the split it made from the cache.
+    cached = cache_dir() / "datasets" / f"digits-seed{int(seed)}-test{float(test_fraction)!r}.npz"
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                return Dataset(name="digits", x_train=z["x_train"], y_train=z["y_train"], x_test=z["x_test"],
+                               y_test=z["y_test"], num_classes=10, input_shape=(8, 8, 1))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: make it again
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
+    y = bunch.target.astype(np.int32)
+    try:
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            x, y, test_size=float(test_fraction), random_state=int(seed), stratify=y
+        )
+    except ValueError as e:  # a stratified split needs >= 1 example of each class on both sides
+        raise DataError(
+            f"test_fraction {test_fraction} leaves too few digits for a stratified split; "
+            "accepted: a fraction leaving >= 10 examples (one per class) in each split, e.g. 0.2"
+        ) from e
+    _save_quietly(cached, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    return Dataset(
+        name="digits", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+        num_classes=10, input_shape=(8, 8, 1),
+    )
+
+
+def _save_quietly(path: Path, **arrays: np.ndarray) -> None:
+    """Writes a cache file atomically; a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _parse_synthetic(name: str) -> tuple[int, int]:
+    if name == "synthetic":
+        return 32, 10
+    parts = name.split(":")
+    try:
+        dims, classes = int(parts[1]), int(parts[2])
+        ok = (
+            len(parts) == 3 and 1 <= dims <= MAX_SYNTHETIC_DIMS
+            and 2 <= classes <= MAX_SYNTHETIC_CLASSES
+        )
+    except (ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise DataError(
+            f"bad synthetic dataset {name!r}; accepted: synthetic or synthetic:D:C with "
+            f"1 <= D <= {MAX_SYNTHETIC_DIMS} dims and 2 <= C <= {MAX_SYNTHETIC_CLASSES} classes, "
+            "e.g. synthetic:16:4"
+        )
+    return dims, classes
+
+
+def make_synthetic(
+    dims: int = 32, classes: int = 10, *, seed: int = 0, n_train: int = 4000, n_test: int = 1000,
+    name: str = "synthetic",
+) -> Dataset:
+    """A noise-free multinomial-logistic teacher task: x ~ N(0, I), y = argmax(x W* + b*).
+
+    A linear model can separate it exactly, so `optimum_accuracy` is 1.0.
+
+    Raises:
+        DataError: a size is out of range or the seed is not an integer in 0..2**32-1.
+    """
+    for label, value, lo, hi in (
+        ("dims", dims, 1, MAX_SYNTHETIC_DIMS), ("classes", classes, 2, MAX_SYNTHETIC_CLASSES),
+        ("n_train", n_train, 1, 10**6), ("n_test", n_test, 1, 10**6),
+    ):
+        if not _is_int(value) or not lo <= value <= hi:
+            raise DataError(f"synthetic {label} is {value!r}; accepted: an integer in {lo}..{hi}")
+    _check_seed(seed, DataError)
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(dims, classes))
+    b = rng.normal(size=classes)
+    x = rng.normal(size=(n_train + n_test, dims)).astype(np.float32)
+    y = np.argmax(x.astype(np.float64) @ w + b, axis=1).astype(np.int32)
+    return Dataset(
+        name=name, x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:],
+        y_test=y[n_train:], num_classes=classes, input_shape=(dims,), optimum_accuracy=1.0,
+    )
+
+
+def _load_npz(path: str) -> Dataset:
+    if Path(path).is_dir():
+        raise DataError(
+            f"dataset path {path!r} is a directory; accepted: a path to a .npz file with "
+            "x_train, y_train, x_test, y_test"
+        )
+    if not Path(path).is_file():
+        raise DataError(
+            f"dataset file {path!r} does not exist; pass a path to a .npz file with "
+            "x_train, y_train, x_test, y_test"
+        )
+    if not zipfile.is_zipfile(path):  # else np.load would try to read it as a pickle
+        raise DataError(
+            f"{path} is not a .npz (zip) archive; accepted: a file written by "
+            "numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise DataError(
+                    f"{path} is missing keys {', '.join(missing)}; a dataset .npz needs "
+                    f"{', '.join(NPZ_KEYS)}"
+                )
+            arrays = {k: _read_member(path, npz, k) for k in NPZ_KEYS}
+    except DataError:
+        raise
+    except _READ_ERRORS as e:
+        raise DataError(
+            f"{path} is not a readable .npz file ({type(e).__name__}); accepted: a file written "
+            "by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        ) from e
+    return _dataset_from_arrays(path, **arrays)
+
+
+# What reading a corrupt, truncated, encrypted or oddly compressed zip member can raise.
+_READ_ERRORS = (
+    ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+    RuntimeError, KeyError,
+)
+
+
+def _read_member(path: str, npz, key: str) -> np.ndarray:
+    try:
+        a = npz[key]
+    except MemoryError as e:  # a header can claim any shape; don't let it take the process down
+        raise DataError(
+            f"{path}: member {key} declares an array too large to load; accepted: arrays that "
+            "fit in memory"
+        ) from e
+    except _READ_ERRORS as e:
+        if "pickle" in str(e):  # numpy refuses object arrays when allow_pickle=False
+            raise DataError(
+                f"{path} holds pickled (object) arrays, which are never loaded; "
+                "accepted: plain numeric arrays x_train, y_train, x_test, y_test"
+            ) from e
+        raise DataError(
+            f"{path}: member {key} is not a readable .npy array ({type(e).__name__}); accepted: "
+            "arrays written by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        ) from e
+    if not isinstance(a, np.ndarray):  # numpy hands back raw bytes for members without npy magic
+        raise DataError(
+            f"{path}: member {key} is not a .npy array (no npy header); accepted: arrays written "
+            "by numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
+    return a
+
+
+def _dataset_from_arrays(
+    name: str, *, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> Dataset:
+    y_tr, y_te = _check_labels(name, "y_train", y_train), _check_labels(name, "y_test", y_test)
+    for key, x, y in (("x_train", x_train, y_tr), ("x_test", x_test, y_te)):
+        if x.dtype.kind not in "biuf":
+            raise DataError(
+                f"{name}: {key} has dtype {x.dtype}; accepted: a numeric (int or float) array"
+            )
+        if x.ndim < 2:
+            raise DataError(
+                f"{name}: {key} has shape {x.shape}; accepted: x of shape (n, features...) "
+                "with at least 2 dimensions"
+            )
+        if len(x) != len(y):
+            raise DataError(
+                f"{name}: {key} has shape {x.shape} but its labels have {len(y)} entries; "
+                "accepted: x of shape (n, ...) with n matching the labels"
+            )
+        if len(x) == 0:
+            raise DataError(f"{name}: {key} is empty; accepted: at least one example")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(
+            f"{name}: x_train examples have shape {x_train.shape[1:]} but x_test examples "
+            f"have {x_test.shape[1:]}; accepted: the same per-example shape"
+        )
+    x_tr, x_te = _to_float(x_train), _to_float(x_test)
+    if not (np.isfinite(x_tr).all() and np.isfinite(x_te).all()):
+        raise DataError(f"{name}: x contains NaN or infinite values; accepted: finite numbers only")
+    if x_tr.ndim == 3:  # grayscale images (n, H, W) get a channel axis
+        x_tr, x_te = x_tr[..., None], x_te[..., None]
+    return Dataset(
+        name=name, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+        num_classes=int(max(y_tr.max(), y_te.max())) + 1, input_shape=tuple(x_tr.shape[1:]),
+    )
+
+
+def _check_labels(name: str, key: str, y: np.ndarray) -> np.ndarray:
+    integral = y.dtype.kind in "iu" or (
+        y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
+    )
+    if y.ndim != 1 or not integral or (y.size and y.min() < 0):
+        raise DataError(
+            f"{name}: {key} (dtype {y.dtype}, shape {y.shape}) is not a 1-D array of class "
+            "labels; accepted: integers 0..C-1"
+        )
+    if y.size and y.max() >= MAX_CLASSES:  # checked before the int32 cast, which would wrap
+        raise DataError(
+            f"{name}: {key} has label {y.max():.0f}; accepted: class labels 0..{MAX_CLASSES - 1}"
+        )
+    return y.astype(np.int32)
+
+
+def _is_int(value: object) -> bool:
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+
+
+def _check_seed(seed: object, error: type[Exception]) -> None:
+    if not _is_int(seed) or not 0 <= seed < _MAX_SEED:
+        raise error(f"bad seed {seed!r}; accepted: an integer in 0..2**32-1")
+
+
+def _check_num_classes(num_classes: object) -> int:
+    if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
+        raise PartitionError(
+            f"bad num_classes {num_classes!r}; accepted: an integer in 1..{MAX_CLASSES}"
+        )
+    return int(num_classes)
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    # Integer pixels (e.g. uint8 images) are rescaled to [0, 1]; 0/1 integer features are kept.
+    if x.dtype.kind in "iu" and x.size and x.max() > 1:
+        return (x / 255.0).astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which the caller refuses
+        return x.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- partitioners
+
+
+def partition(
+    y: np.ndarray, n_nodes: int, spec: str = "iid", *, seed: int = 0, num_classes: int | None = None
+) -> list[np.ndarray]:
+    """Deal training examples to `n_nodes` nodes by `spec`: iid, dirichlet:ALPHA or shards:K.
+
+    Returns one sorted int64 index array per node; every node gets at least one example and no
+    example goes to two nodes.
+
+    Raises:
+        PartitionError: the spec is malformed, or there are too few examples for the nodes.
+    """
+    kind, value = _parse_partition(spec)
+    y = np.asarray(y)
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise PartitionError(
+            f"labels have dtype {y.dtype} and shape {y.shape}; accepted: a 1-D integer array"
+        )
+    if not _is_int(n_nodes) or n_nodes < 1:
+        raise PartitionError(f"bad number of nodes {n_nodes!r}; accepted: an integer >= 1")
+    _check_seed(seed, PartitionError)
+    n_nodes = int(n_nodes)
+    n = len(y)
+    if n_nodes > n:
+        raise PartitionError(
+            f"cannot give {n_nodes} nodes at least one example each from {n} training examples"
+        )
+    rng = np.random.default_rng(seed)
+    if kind == "iid":
+        parts = np.array_split(rng.permutation(n), n_nodes)
+    elif kind == "dirichlet":
+        classes = _num_classes(y, num_classes)
+        parts = _dirichlet(y, n_nodes, value, classes, rng)
+    else:
+        parts = _shards(y, n_nodes, int(value), rng)
+    return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def _parse_partition(spec: str) -> tuple[str, float]:
+    kind, _, arg = str(spec).partition(":")
+    try:
+        if kind == "iid" and not arg and ":" not in str(spec):
+            return "iid", 0.0
+        if kind == "dirichlet":
+            alpha = float(arg)
+            if math.isfinite(alpha) and alpha > 0:
+                return "dirichlet", alpha
+        if kind == "shards":
+            k = int(arg)
+            if k >= 1:
+                return "shards", float(k)
+    except ValueError:
+        pass
+    raise PartitionError(f"bad partition {spec!r}; accepted: {_ACCEPTED_PARTITIONS}")
+
+
+def _num_classes(y: np.ndarray, num_classes: int | None) -> int:
+    if y.size and y.min() < 0:
+        raise PartitionError(f"labels include {int(y.min())}; accepted: class labels 0..C-1")
+    if y.size and y.max() >= MAX_CLASSES:  # dirichlet loops over every class up to the max
+        raise PartitionError(
+            f"labels include {int(y.max())}; accepted: class labels 0..{MAX_CLASSES - 1}"
+        )
+    seen = int(y.max()) + 1 if y.size else 0
+    if num_classes is None:
+        return seen
+    num_classes = _check_num_classes(num_classes)
+    if num_classes < seen:
+        raise PartitionError(
+            f"labels go up to {seen - 1} but num_classes is {num_classes}; "
+            "accepted: labels 0..num_classes-1"
+        )
+    return num_classes
+
+
+def _dirichlet(
+    y: np.ndarray, n_nodes: int, alpha: float, classes: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    buckets: list[list[np.ndarray]] = [[] for _ in range(n_nodes)]
+    for c in range(classes):
+        members = rng.permutation(np.flatnonzero(y == c))
+        p = np.nan_to_num(rng.dirichlet(np.full(n_nodes, alpha)))
+        if p.sum() <= 0:  # tiny alpha can underflow every share; give the class to one node
+            p = np.eye(n_nodes)[rng.integers(n_nodes)]
+        cuts = np.round(np.cumsum(p / p.sum())[:-1] * len(members)).astype(np.int64)
+        for node, chunk in enumerate(np.split(members, cuts)):
+            buckets[node].append(chunk)
+    parts = [np.concatenate(b) for b in buckets]
+    # Top up empty nodes from the largest one; n_nodes <= n guarantees the largest has >= 2.
+    for node in range(n_nodes):
+        if len(parts[node]) == 0:
+            big = int(np.argmax([len(p) for p in parts]))
+            parts[node], parts[big] = parts[big][-1:], parts[big][:-1]
+    return parts
+
+
+def _shards(y: np.ndarray, n_nodes: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    n, n_shards = len(y), n_nodes * k
+    if n_shards > n:
+        raise PartitionError(
+            f"cannot cut {n} training examples into {n_nodes} nodes * {k} = {n_shards} shards; "
+            f"accepted: nodes * K <= {n} (use fewer nodes or a smaller K)"
+        )
+    shuffled = rng.permutation(n)  # random order within each label
+    by_label = shuffled[np.argsort(y[shuffled], kind="stable")]
+    size = n // n_shards
+    shards = by_label[: n_shards * size].reshape(n_shards, size)
+    owners = rng.permutation(n_shards).reshape(n_nodes, k)
+    return [shards[row].reshape(-1) for row in owners]
+
+
+def label_counts(y: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """Per-node label histogram, shape (n_nodes, num_classes).
+
+    Raises:
+        PartitionError: num_classes is not in 1..65536, the labels are not 1-D integers, or a
+            node holds an index outside y or a label outside 0..num_classes-1.
+    """
+    num_classes = _check_num_classes(num_classes)  # before allocating (n_nodes, num_classes)
+    y = np.asarray(y)
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise PartitionError(
+            f"labels have dtype {y.dtype} and shape {y.shape}; accepted: a 1-D integer array"
+        )
+    counts = np.zeros((len(parts), num_classes), dtype=np.int64)
+    for i, p in enumerate(parts):
+        p = np.asarray(p)
+        if p.ndim != 1 or (p.size and p.dtype.kind not in "iu"):
+            raise PartitionError(
+                f"node {i} indices have dtype {p.dtype} and shape {p.shape}; "
+                "accepted: a 1-D integer array"
+            )
+        if p.size and (p.min() < 0 or p.max() >= len(y)):
+            bad = int(p.min()) if p.min() < 0 else int(p.max())
+            raise PartitionError(
+                f"node {i} has index {bad} outside 0..{len(y) - 1}; accepted: indices into y"
+            )
+        labels = y[p.astype(np.int64)]
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+            raise PartitionError(
+                f"node {i} has label {bad} outside 0..{num_classes - 1}; "
+                "accepted: labels below num_classes"
+            )
+        counts[i] = np.bincount(labels, minlength=num_classes)
+    return counts
+
+
+def partition_summary(counts: np.ndarray) -> dict:
+    """Min/mean/max of examples and of distinct classes per node, as plain Python numbers."""
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or counts.shape[0] == 0:
+        raise PartitionError(
+            f"label counts have shape {counts.shape}; accepted: (n_nodes >= 1, num_classes)"
+        )
+    examples = counts.sum(axis=1)
+    classes = (counts > 0).sum(axis=1)
+    return {
+        "examples_min": int(examples.min()),
+        "examples_mean": float(examples.mean()),
+        "examples_max": int(examples.max()),
+        "classes_per_node_min": int(classes.min()),
+        "classes_per_node_mean": float(classes.mean()),
+        "classes_per_node_max": int(classes.max()),
+    }
+
+
+def pad_partitions(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack node index arrays into an int32 (n_nodes, max_len) matrix plus int32 lengths.
+
+    Short rows repeat the node's own indices cyclically, so `idx[i, j]` for any j is one of node
+    i's examples; sampling uniformly should still draw j below `lengths[i]`.
+    """
+    lengths = np.array([len(p) for p in parts], dtype=np.int32)
+    if len(parts) == 0 or lengths.min() == 0:
+        raise PartitionError(
+            "cannot pad partitions with an empty node; accepted: every node has >= 1 index"
+        )
+    idx = np.stack([np.resize(np.asarray(p), int(lengths.max())) for p in parts]).astype(np.int32)
+    return idx, lengths
