@@ -20,18 +20,22 @@ if TYPE_CHECKING:
     from gossipfl.errors import PartitionError as PartitionError
     from gossipfl.errors import TopologyError as TopologyError
     from gossipfl.errors import WeightError as WeightError
+    from gossipfl.graph.schedule import Schedule as Schedule
+    from gossipfl.graph.schedule import build_schedule as build_schedule
     from gossipfl.graph.topology import build_graph as build_graph
     from gossipfl.graph.topology import load_topology_file as load_topology_file
     from gossipfl.graph.topology import mixing_matrix as mixing_matrix
     from gossipfl.graph.topology import spectrum as spectrum
     from gossipfl.graph.topology import topology_defaults as topology_defaults
-    from gossipfl.learn.algorithms import Algorithm as Algorithm
     from gossipfl.learn.algorithms import NodeState as NodeState
-    from gossipfl.learn.algorithms import centralized as centralized
+    from gossipfl.learn.algorithms import REGISTRY as REGISTRY
     from gossipfl.learn.algorithms import consensus as consensus
     from gossipfl.learn.algorithms import dpsgd as dpsgd
     from gossipfl.learn.attacks import make_attack as make_attack
     from gossipfl.learn.attacks import place_attackers as place_attackers
+    from gossipfl.learn.combine import Combine as Combine
+    from gossipfl.learn.combine import push_sum as push_sum
+    from gossipfl.learn.combine import weighted_mean as weighted_mean
     from gossipfl.learn.data import Dataset as Dataset
     from gossipfl.learn.data import load_dataset as load_dataset
     from gossipfl.learn.data import partition as partition
@@ -42,11 +46,13 @@ if TYPE_CHECKING:
     from gossipfl.learn.mixing import mix_sparse as mix_sparse
     from gossipfl.learn.mixing import neighbor_lists as neighbor_lists
     from gossipfl.learn.models import make_model as make_model
+    from gossipfl.learn.protocol import Algorithm as Algorithm
     from gossipfl.learn.robust import clip_one as clip_one
     from gossipfl.learn.robust import clip_radius as clip_radius
     from gossipfl.learn.robust import clip_sparse as clip_sparse
     from gossipfl.learn.robust import trimmed_mean_one as trimmed_mean_one
     from gossipfl.learn.robust import trimmed_mean_sparse as trimmed_mean_sparse
+    from gossipfl.learn.task import Task as Task
     from gossipfl.metrics import fit_rate as fit_rate
     from gossipfl.metrics import load_run as load_run
     from gossipfl.net.auth import load_key as load_key
@@ -67,18 +73,24 @@ if TYPE_CHECKING:
     from gossipfl.net.workload import Workload as Workload
     from gossipfl.plot import plot_runs as plot_runs
     from gossipfl.sim.driver import SimResult as SimResult
-    from gossipfl.sim.driver import prepare as prepare
     from gossipfl.sim.driver import simulate as simulate
+    from gossipfl.sim.prepare import prepare as prepare
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "Algorithm": "learn.algorithms",
+    "Algorithm": "learn.protocol",
+    "Combine": "learn.combine",
+    "weighted_mean": "learn.combine",
+    "push_sum": "learn.combine",
     "NodeState": "learn.algorithms",
-    "centralized": "learn.algorithms",
+    "REGISTRY": "learn.algorithms",
     "consensus": "learn.algorithms",
     "dpsgd": "learn.algorithms",
+    "Task": "learn.task",
+    "Schedule": "graph.schedule",
+    "build_schedule": "graph.schedule",
     "SimConfig": "config",
     "load_config": "config",
     "Dataset": "learn.data",
@@ -102,7 +114,7 @@ _EXPORTS: dict[str, str] = {
     "make_model": "learn.models",
     "plot_runs": "plot",
     "SimResult": "sim.driver",
-    "prepare": "sim.driver",
+    "prepare": "sim.prepare",
     "simulate": "sim.driver",
     "build_graph": "graph.topology",
     "load_topology_file": "graph.topology",

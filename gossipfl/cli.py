@@ -183,7 +183,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{s['rounds']} in {s['wall_seconds']:.2f} s{speed} "
         f"({s['devices']} device(s), {s['mixing_kernel']} kernel)",
     )
-    if s["config"]["algorithm"] == "centralized":
+    if s["combine"] is None:  # the centralized reference exchanges nothing
         b = s["config"]["batch_size"]
         table.add_row(
             "reference",
@@ -194,17 +194,13 @@ def _print_summary(s: dict[str, Any]) -> None:
         table.add_row(
             "consensus distance", f"{final['initial_consensus_distance']:.3e} -> {final['consensus_distance']:.3e}"
         )
-        measured = s["measured_rate"]
-        if s["config"]["algorithm"] == "consensus":
-            rate = f"predicted (SLEM) {s['predicted_rate']:.4f}, measured " + (
-                f"{measured:.4f}" if measured is not None else "n/a"
-            )
-        else:  # training keeps pushing nodes apart: the distance settles instead of vanishing
-            rate = f"mixing alone: x{s['predicted_rate']:.4f} per round (SLEM); with training it settles"
-        table.add_row("per-round contraction", rate)
+        table.add_row("per-round contraction", _rate_line(s))
+        if "mean_error" in final:
+            table.add_row("network mean", f"nodes within {final['mean_error']:.2e} of the initial mean, relative to "
+                          f"its norm ({s['combine']} combine)")
     if "accuracy" in final:
         table.add_row("averaged model", f"test accuracy {100 * final['accuracy']:.2f}%, loss {final['loss']:.4f}")
-        if s["config"]["algorithm"] != "centralized":
+        if s["combine"] is not None:
             table.add_row(
                 "node accuracy",
                 f"min {100 * final['node_accuracy_min']:.2f}%  mean {100 * final['node_accuracy_mean']:.2f}%  "
@@ -233,6 +229,21 @@ def _print_summary(s: dict[str, Any]) -> None:
         if "honest_accuracy" not in final and "honest_consensus_distance" in final:
             table.add_row("honest nodes", f"consensus distance {final['honest_consensus_distance']:.3e}")
     console.print(table)
+
+
+def _rate_line(s: dict[str, Any]) -> str:
+    """The result table's contraction line: SLEM against the measured rate, or the schedule's."""
+    measured, predicted, topo = s["measured_rate"], s["predicted_rate"], s["topology"]
+    shown = f"{measured:.4f}" if measured is not None else "n/a"
+    if predicted is None:  # a time-varying or directed schedule: no single W to take a SLEM of
+        exact = topo.get("exact_rounds")
+        kind = "directed" if topo.get("directed") else "time-varying"
+        known = f"exact average after {exact} rounds" if exact else f"{kind} graph, no single SLEM"
+        return f"{known}; measured {shown}" if measured is not None else known
+    if measured is not None:
+        return f"predicted (SLEM) {predicted:.4f}, measured {shown}"
+    # training keeps pushing nodes apart: the distance settles instead of vanishing
+    return f"mixing alone: x{predicted:.4f} per round (SLEM); with training it settles"
 
 
 @app.command("topology")

@@ -15,13 +15,14 @@ from gossipfl.graph.weights import WEIGHT_RULES
 
 # The names configs accept (the modules that implement them import these; this module stays free
 # of JAX so that launching and plotting start fast).
-ALGORITHMS: tuple[str, ...] = ("dpsgd", "consensus", "centralized")
+ALGORITHMS: tuple[str, ...] = ("dpsgd", "sgp", "consensus", "push-sum", "centralized")  # see learn.algorithms
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
 GOSSIP_MODES: tuple[str, ...] = ("async", "sync")
 THREAD_POLICIES: tuple[str, ...] = ("auto", "always", "never")
 ROBUST_RULES: tuple[str, ...] = ("none", "clip", "trim")
+INIT_MODES: tuple[str, ...] = ("shared", "own")
 ATTACKS: tuple[str, ...] = ("none", "sign_flip", "noise", "alie", "constant")
 
 
@@ -32,7 +33,7 @@ class SimConfig:
     topology: str = "ring"  # inline spec (ring:16, torus:4x4, ...) or a topology file
     nodes: int | None = None  # size for specs that take one; 16 when neither gives it
     weights: str | None = None  # mixing-weight rule; a topology file's own rule, else metropolis
-    algorithm: str = "dpsgd"  # dpsgd | consensus | centralized
+    algorithm: str = "dpsgd"  # dpsgd | sgp | consensus | push-sum | centralized
     dataset: str = "digits"  # digits | synthetic[:D:C] | path/to/data.npz
     partition: str = "iid"  # iid | dirichlet:ALPHA | shards:K
     model: str = "mlp"  # logreg | mlp | cnn
@@ -45,6 +46,7 @@ class SimConfig:
     eval_every: int = 10  # rounds between test-set evaluations
     mixing: str = "auto"  # auto | sparse | dense kernel
     seed: int = 0
+    init: str = "shared"  # shared: every node starts from one model | own: node i from its own seed
     out: str | None = None  # run directory; runs/<name> when unset
     name: str | None = None  # run name; derived from the config when unset
     # Byzantine robustness (simulator): how nodes combine what neighbours send, and who attacks.
@@ -68,6 +70,7 @@ class SimConfig:
             _check_choice("weights", self.weights, WEIGHT_RULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("mixing", self.mixing, MIXING_FORMS)
+        _check_choice("init", self.init, INIT_MODES)
         for key in ("rounds", "batch_size", "dim", "eval_every", "hidden"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -35,3 +35,19 @@ def test_launch_and_plot_modules_do_not_import_jax() -> None:
             "print('jax' in sys.modules, 'flax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_layout_has_no_import_cycle_and_the_simulator_imports_no_networking(tmp_path):
+    """The package's imports flow one way, and `gossipfl simulate` (with its plot) loads neither
+    gossipfl.net nor trio."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gossipfl.cli import main; sys.argv = ['gossipfl', 'simulate', '--algorithm', "
+            f"'consensus', '--rounds', '3', '--out', {str(tmp_path / 'run')!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(('gossipfl.net', 'trio')))\n"
+            "print('LOADED', bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "LOADED []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert (tmp_path / "run" / "plot.png").is_file()

@@ -18,6 +18,7 @@ DEFAULTS = {
     "nodes": None,
     "weights": None,
     "algorithm": "dpsgd",
+    "init": "shared",
     "dataset": "digits",
     "partition": "iid",
     "model": "mlp",

@@ -229,7 +229,7 @@ def finalize(out: Path, net: Network, work: Any = None) -> dict[str, Any]:
     if finals:
         from gossipfl.net.workload import Workload
 
-        work = work or Workload(net.config, net.topology.graph, net.weights)
+        work = work or Workload(net.config, net.topology.graph, net.weights, getattr(net.topology, "schedule", None))
         mean = [np.mean(np.stack(leaves), axis=0) for leaves in zip(*finals, strict=True)]
         if work.evaluate is not None:
             loss, acc = work.evaluate(mean, work.dataset.x_test, work.dataset.y_test)

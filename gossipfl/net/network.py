@@ -132,7 +132,7 @@ def make_nodes(net: Network, ids: list[int], *, key: bytes, out: str | Path, res
     from gossipfl.net.transport import TcpTransport
     from gossipfl.net.workload import Workload
 
-    work = work or Workload(net.config, net.topology.graph, net.weights)
+    work = work or Workload(net.config, net.topology.graph, net.weights, getattr(net.topology, "schedule", None))
     work.warm_up({net.topology.graph.degree(i) for i in ids})
     out = Path(out)
 

@@ -1,42 +1,47 @@
-"""A networked gossip node: one trio nursery, JAX training, push-sum over a transport.
+"""A networked gossip node: one trio nursery, the algorithm's functions, a transport.
 
-Each tick (async mode) a node mixes in what its mailbox holds, takes `gossip_every` local steps,
-pushes its neighbours their shares, and mixes in what arrived meanwhile. JAX work for models of
+The node runs any algorithm of the protocol (`gossipfl.learn.protocol`) through its `Workload`:
+`local` steps, then `send` to the out-neighbours of the round, then the combine on its mailbox,
+then `merge`; it never names an algorithm. Each tick (async mode) a node mixes in what its
+mailbox holds, takes `gossip_every` local steps, pushes its neighbours their shares, and mixes
+in what arrived meanwhile. JAX work for models of
 1M parameters or more runs in `trio.to_thread` so the event loop keeps serving the network;
 smaller models' steps take less time than a thread handoff and run on the loop (`threads`).
 
-The exchange is push-sum with running sums (robust push-sum): node i keeps, per neighbour j, the
-total mass it has ever pushed to j (sigma_ij, parameters and a scalar weight), and sends that
-total. The receiver remembers the last total it absorbed (rho_ij) and adds only the difference.
+A linear combine (weighted mean or push-sum) travels as push-sum with running sums (robust
+push-sum): node i, holding weight w_i and message m_i (its mass is w_i m_i), keeps, per
+neighbour j, the total mass it has ever pushed to j (sigma_ij, message and a scalar weight),
+and sends that total. The receiver remembers the last total it absorbed (rho_ij) and adds only the difference.
 So the mailbox needs only the newest frame per neighbour; a lost, duplicated or reordered frame
 changes nothing once a newer one arrives; and mass is conserved, so the network average of the
-de-biased models z_i = x_i / w_i is not biased by asynchrony. A neighbour that is down gets no
-share: its weight stays with the node until the link is back, and nobody waits for it.
+messages is not biased by asynchrony. A neighbour that is down gets no share: its weight stays
+with the node until the link is back, and nobody waits for it. A combine rule (clip, trim)
+instead takes the newest message of each neighbour heard from (`_mix_models`).
 
-In sync mode a node waits, up to `sync_timeout`, for a frame of the current round from every
-neighbour before mixing; with all links up that is exactly the simulator's D-PSGD round.
+On a time-varying topology the round's out-neighbours and weights come from the schedule, a
+function of the shared seed and the round, so nodes agree without a coordinator. In sync mode a
+node waits, up to `sync_timeout`, for the frame of the current round from every in-neighbour
+before mixing (a frame of a later round is held back until then); with all links up that is
+exactly the simulator's round.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 import trio
 
 from gossipfl.config import GossipOptions
-from gossipfl.errors import GossipError, RunDirError
-from gossipfl.metrics import finite_or_none, write_json
+from gossipfl.metrics import write_json
 from gossipfl.net.collect import FINAL_STEP, sketch_dtype
+from gossipfl.net.nodefiles import NodeFiles, write_checkpoint
 from gossipfl.net.transport import Transport
 from gossipfl.net.wire import FrameError, Stale, UnknownSender, encode_head, payload_views
 from gossipfl.net.workload import Workload
@@ -65,7 +70,7 @@ async def inline(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-class Node:
+class Node(NodeFiles):
     """One gossip node. `await node.run()` trains `cfg.rounds` steps, keeps mixing (no training)
     until its neighbours have finished too, says goodbye, and returns its summary."""
 
@@ -81,15 +86,17 @@ class Node:
         threaded = opts.threads == "always" or (opts.threads == "auto"
                                                  and work.parameters >= THREAD_MIN_PARAMETERS)
         self.run_sync = run_sync or (in_thread if threaded else inline)
-        self.keep_weight, self.share_of = work.shares(node_id)
-        self.peers = sorted(self.share_of)
+        self.peers = sorted(int(j) for j in work.graph.neighbors(node_id))  # everyone it ever talks to
+        self.round = 0  # the exchange's round in the topology's schedule
         self.transport = make_transport(node_id, self.peers, work.spec, self.deliver)
-        self.data = work.node_data(node_id, data_file)
-        self.rng = np.random.default_rng([self.cfg.seed, node_id, 7])
-        # push-sum state: x (numerator), w (weight); running sums out (sigma) and absorbed (rho)
-        self.x = work.initial_params(node_id)  # flat leaves, in the order of work.spec
+        if work.learning:
+            self.dataset, self.indices = work.task.node_dataset(node_id, data_file)
+            self.lengths = np.array(work.task.lengths)
+            self.lengths[node_id] = self.indices.size  # its own data may differ from its share
+        # the algorithm's state (flat leaves) and the push-sum weight; running sums of the
+        # linear channel out (sigma) and absorbed (rho), in the shapes of the message
+        self.state = work.initial_state(node_id)
         self.w = 1.0
-        self.opt_state = work.init_opt(self.x)
         zeros = work.zeros()
         self.sigma = {j: [np.zeros(z.shape, np.float64) for z in zeros] for j in self.peers}  # float64 sums
         self.sigma_w = dict.fromkeys(self.peers, 0.0)
@@ -113,10 +120,11 @@ class Node:
         self._finished: set[int] = set()  # neighbours that sent their last frame
         self._heard: dict[int, float] = {}  # neighbour -> when its newest frame arrived (trio time)
         self._peer_step: dict[int, int] = {}  # neighbour -> step of its newest frame
+        self._held: dict[int, Any] = {}  # sync: neighbour -> its newest frame of a later round
         self.resumed_from: int | None = None
-        # robust mode: neighbours send their models, not push-sum mass (see `_push_model`)
-        self.robust = work.robust_mix is not None
-        self.models: dict[int, Any] = {}  # neighbour -> its newest model
+        # a combine rule: neighbours send their messages, not push-sum mass (see `_push_model`)
+        self.robust = not work.combine.linear
+        self.models: dict[int, Any] = {}  # neighbour -> its newest message
         self._prepare_dir(resume)
 
     # ------------------------------------------------------------------ receiving
@@ -124,7 +132,7 @@ class Node:
     def deliver(self, item: Any) -> None:
         """The transport's callback: a verified frame goes to the mailbox; refusals are counted."""
         if not isinstance(item, FrameError):
-            if item.sender not in self.share_of:
+            if item.sender not in self.inbound:
                 item = UnknownSender(f"frame from {item.sender}, not a neighbour of node {self.id}")
             elif item.order <= self.last_seen.get(item.sender, (-1, -1)):
                 stale = Stale(f"frame {item.order} from {item.sender} is not newer than {self.last_seen[item.sender]}")
@@ -140,15 +148,17 @@ class Node:
             return
         inbound = self.inbound[item.sender]
         inbound["received"] += 1
-        if item.sender in self.mailbox:  # overload: the newest frame replaces one not yet absorbed
-            inbound["superseded"] += 1
         previous = self.last_seen.get(item.sender)
         if previous is not None and previous[0] != item.incarnation:
             # the neighbour restarted: its seq numbers, and so its acks of ours, begin again
             self.share_seqs[item.sender], self._sent_ack[item.sender] = [], None
             self.acked.pop(item.sender, None)
         self.last_seen[item.sender] = item.order
-        self.mailbox[item.sender] = item
+        held = self.opts.mode == "sync" and item.step > self.step and self.step < self.cfg.rounds
+        box = self._held if held else self.mailbox  # a later round's sums wait until that round
+        if item.sender in box:  # overload: the newest frame replaces one not yet absorbed
+            inbound["superseded"] += 1
+        box[item.sender] = item
         self._heard[item.sender] = trio.current_time()
         self._peer_step[item.sender] = item.step
         self.acked[item.sender] = item.ack
@@ -195,12 +205,14 @@ class Node:
             if self.opts.mode == "async":
                 # mix in what arrived first, so the local steps act on all the mass the node holds
                 await self._absorb()
-            if self.work.learning:
-                pick = self.data.indices[self.rng.integers(0, self.data.indices.size, (k, self.cfg.batch_size))]
-                xs, ys = self.data.dataset.x_train[pick], self.data.dataset.y_train[pick]
-                self.x, self.opt_state, loss = await self.run_sync(
-                    self.work.train, self.x, np.float32(self.w), self.opt_state, xs, ys)
+            if self.work.learning:  # the simulator's minibatches of these steps, for this node
+                rounds = np.arange(self.step, self.step + k)
+                pick = self.indices[self.work.picks(self.id, rounds, self.lengths)]
+                xs, ys = self.dataset.x_train[pick], self.dataset.y_train[pick]
+                self.state, loss = await self.run_sync(self.work.local, self.state, rounds, np.int32(self.id), xs, ys)
             self.step += k
+            self.round = self.step - 1  # the exchange after local step t is round t, as in the simulator
+            self._release_held()
             if self.opts.mode == "sync":  # the simulator's round: push, wait for the neighbours, mix
                 await self._push()
                 await self._wait_for_round()
@@ -220,8 +232,11 @@ class Node:
         (up to `linger` seconds), then `settle_rounds` more exchanges, so the network ends on a
         common model rather than on whichever local steps each node took last."""
 
+        self._release_held()
+
         async def tick() -> None:
             await trio.sleep(max(self.opts.step_interval, SETTLE_PACE))
+            self.round += 1
             await self._absorb()
             await self._push()
 
@@ -248,16 +263,17 @@ class Node:
         fraction is rounded to float32 once and the shares scaled to sum with it to exactly 1, so
         x (float32) and w (float64) are scaled alike."""
         if self.robust:
-            self._push_model(final)
+            await self._push_model(final)
             return
-        sharing = [] if final else [j for j in self.peers if self._pushes_to(j)]
-        keep = float(np.float32(self.keep_weight + sum(self.share_of[j] for j in self.peers if j not in sharing)))
-        pushed = sum(self.share_of[j] for j in sharing)
-        shares = {j: self.share_of[j] * (1.0 - keep) / pushed for j in sharing}
-        if sharing:
-            x = self.x
-            self.x = await self.run_sync(self.work.scale, x, np.float32(keep))
-            await self.run_sync(accumulate, [self.sigma[j] for j in sharing], [shares[j] for j in sharing], x)
+        keep_weight, share_of = self.work.shares(self.id, self.round)
+        sharing = [] if final else [j for j in sorted(share_of) if self._pushes_to(j)]
+        keep = float(np.float32(keep_weight + sum(s for j, s in share_of.items() if j not in sharing)))
+        pushed = sum(share_of[j] for j in sharing)
+        shares = {j: share_of[j] * (1.0 - keep) / pushed for j in sharing}
+        if sharing:  # the mass pushed is w * message; the node keeps keep * w of it
+            mass = await self.run_sync(self.work.send, self.state)
+            await self.run_sync(accumulate, [self.sigma[j] for j in sharing], [shares[j] * self.w for j in sharing],
+                                mass)
         self.seq += 1
         for j in sharing:
             self.sigma_w[j] += shares[j] * self.w
@@ -277,33 +293,37 @@ class Node:
             if self.transport.send(j, head, payload_views(payload)):
                 self._sent_ack[j] = ack
 
-    def _push_model(self, final: bool) -> None:
-        """Robust mode: sends every neighbour this node's current model (weight 1, no running
+    async def _push_model(self, final: bool) -> None:
+        """A combine rule: sends every neighbour this node's current message (weight 1, no running
         sums). A Byzantine neighbour could inject any amount of push-sum mass, which no rule can
-        bound after the fact; models can be clipped or trimmed one by one (`_mix_models`)."""
+        bound after the fact; messages can be clipped or trimmed one by one (`_mix_models`)."""
         self.seq += 1
         payload = None
         for j in self.peers:
             if not self.transport.is_up(j) or (j in self._finished and not final):
                 continue
-            if payload is None:  # one host copy of the model for all neighbours
+            if payload is None:  # one host copy of the message for all neighbours
+                message = await self.run_sync(self.work.send, self.state)
                 payload = payload_views([np.asarray(a, dtype) for a, dtype in
-                                         zip(self.x, self.work.spec.dtypes, strict=True)])
+                                         zip(message, self.work.spec.dtypes, strict=True)])
             head = encode_head(self.work.spec, sender=self.id, incarnation=self.incarnation, seq=self.seq,
                                step=self.step, weight=1.0, final=final, ack=self.absorbed_seq.get(j, 0))
             self.transport.send(j, head, payload)
 
     async def _mix_models(self, frames: dict[int, Any]) -> None:
-        """Robust mode's mixing step: the configured rule (self-centred clipping or a trimmed
-        mean, `gossipfl.learn.robust`) over the newest model of every neighbour heard from, so that no
-        single neighbour can pull this node further than the rule allows."""
+        """A combine rule's mixing step (self-centred clipping or a trimmed mean,
+        `gossipfl.learn.combine`) over the newest message of every neighbour heard from, so that
+        no single neighbour can pull this node further than the rule allows. A neighbour not
+        heard from weighs 0, and its weight stays with the node."""
         for j, frame in frames.items():
             self.models[j] = frame.leaves
             self.absorbed_seq[j] = frame.seq
             self.inbound[j]["absorbed"] += 1
-        weights = np.array([self.work.W[self.id, j] if j in self.models else 0.0 for j in self.peers], np.float32)
-        models = [self.models.get(j, self.x) for j in self.peers]
-        self.x = await self.run_sync(self.work.robust_mix, self.x, models, weights)
+        heard = self.work.in_weights(self.id, self.round)
+        weights = np.array([heard.get(j, 0.0) if j in self.models else 0.0 for j in self.peers], np.float32)
+        zeros = self.work.zeros()
+        received = [self.models.get(j, zeros) for j in self.peers]
+        self.state = await self.run_sync(self.work.mix_rule, self.state, received, weights)
 
     async def _absorb(self) -> None:
         """The mixing step: adds what each neighbour's running sum grew by since last time.
@@ -321,10 +341,11 @@ class Node:
             return
         rebased = {j for j, f in frames.items() if self.rho_inc.get(j, f.incarnation) != f.incarnation}
         inbox = [frames[j].leaves if j in frames and j not in rebased else self.rho[j] for j in self.peers]
-        self.x = await self.run_sync(self.work.absorb, self.x, [self.rho[j] for j in self.peers], inbox)
+        grown = sum(f.weight - self.rho_w[j] for j, f in frames.items() if j not in rebased)
+        self.state = await self.run_sync(self.work.absorb, self.state, np.float32(self.w), np.float32(self.w + grown),
+                                         [self.rho[j] for j in self.peers], inbox)
+        self.w += grown
         for j, frame in frames.items():
-            if j not in rebased:
-                self.w += frame.weight - self.rho_w[j]
             self.rho[j], self.rho_w[j], self.rho_inc[j] = frame.leaves, frame.weight, frame.incarnation
             self.absorbed_seq[j] = frame.seq
             self.inbound[j]["absorbed"] += 1
@@ -344,9 +365,18 @@ class Node:
         heard = self._heard.get(j)
         return heard is None or trio.current_time() - heard < self.opts.peer_timeout
 
+    def _release_held(self) -> None:
+        """Sync: frames held back for a later round join the mailbox once this node is there."""
+        for j in [j for j, f in self._held.items() if f.step <= self.step or self.step >= self.cfg.rounds]:
+            if j in self.mailbox:
+                self.inbound[j]["superseded"] += 1
+            self.mailbox[j] = self._held.pop(j)
+
     async def _wait_for_round(self) -> None:
+        senders = sorted(self.work.in_weights(self.id, self.round))  # who sends here this round
+
         def waiting() -> list[int]:
-            return [j for j in self.peers if j not in self._absent and j not in self._finished
+            return [j for j in senders if j not in self._absent and j not in self._finished
                     and not (j in self.mailbox and self.mailbox[j].step >= self.step)]
 
         with trio.move_on_after(self.opts.sync_timeout):
@@ -362,8 +392,13 @@ class Node:
     # ------------------------------------------------------------------ metrics
 
     def model(self) -> Any:
-        """The de-biased model z = x / w this node would deploy."""
-        return [np.asarray(a) / self.w for a in self.x]
+        """The model this node would deploy (push-sum's de-biased one: the state holds it)."""
+        return [np.asarray(a) for a in self.work.model(self.state)]
+
+    @property
+    def x(self) -> list[np.ndarray]:
+        """The push-sum mass this node holds: w times its message."""
+        return [self.w * np.asarray(a, np.float64) for a in self.work.send(self.state)]
 
     @property
     def accepted(self) -> int:
@@ -411,7 +446,7 @@ class Node:
         model = self.model() if evaluate or sketch else None  # a host copy: not on every step
         if evaluate:
             test_loss, acc = await self.run_sync(
-                self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
+                self.work.evaluate, model, self.dataset.x_test, self.dataset.y_test)
             record.update(test_loss=float(test_loss), accuracy=float(acc))
         self._log(record)
         if sketch:
@@ -424,9 +459,9 @@ class Node:
         self._sketches.write(row.tobytes())
 
     async def _finish(self, seconds: float) -> dict[str, Any]:
-        for j in self.mailbox:  # frames that came too late to be mixed in
+        for j in [*self.mailbox, *self._held]:  # frames that came too late to be mixed in
             self.inbound[j]["superseded"] += 1
-        self.mailbox = {}
+        self.mailbox, self._held = {}, {}
         model = self.model()
         await self._write_sketch(FINAL_STEP, time.time(), model)  # the model it leaves with, after settling
         await self.run_sync(write_checkpoint, self.out / "final.npz",
@@ -435,114 +470,13 @@ class Node:
                    "resumed_from": self.resumed_from, "tls": self.transport.tls, **self.counters(links=True)}
         if self.work.evaluate is not None:
             test_loss, acc = await self.run_sync(
-                self.work.evaluate, model, self.work.dataset.x_test, self.work.dataset.y_test)
+                self.work.evaluate, model, self.dataset.x_test, self.dataset.y_test)
             summary.update(accuracy=float(acc), test_loss=float(test_loss))
         write_json(self.out / "summary.json", summary)
         os.close(self._metrics)
         self._sketches.close()
         return summary
 
-    # ------------------------------------------------------------------ files and checkpoints
-
-    def _prepare_dir(self, resume: bool) -> None:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunDirError(f"cannot create node directory {str(self.out)!r}: {e.strerror or e}") from None
-        ckpt = self.out / "checkpoint.npz"
-        if resume and ckpt.exists():
-            self.restore(ckpt)
-        else:
-            for stale in ("metrics.jsonl", "sketch.bin", "summary.json", "final.npz", "checkpoint.npz",
-                          "checkpoint.npz.tmp"):
-                (self.out / stale).unlink(missing_ok=True)
-        write_json(self.out / "node.json", {
-            "id": self.id, "peers": self.peers, "sketch_dim": self.work.sketch.dim,
-            "parameters": self.work.parameters, "config": self.cfg.to_dict(), "gossip": asdict(self.opts),
-            "tls": self.transport.tls,
-        })
-        if self.resumed_from is not None:
-            # What was logged after the checkpoint describes steps that are redone now, and a
-            # killed writer may have left half a line or half a sketch row: cut both off, so the
-            # logs read as one run whose step never goes back.
-            _cut_jsonl_after(self.out / "metrics.jsonl", self.step)
-            _cut_sketches_after(self.out / "sketch.bin", self.step, sketch_dtype(self.work.sketch.dim))
-        # Each record goes out in one write() to an O_APPEND file: nothing buffered is lost on a
-        # crash, and records of a killed node end whole (short of the disk filling up).
-        self._metrics = os.open(self.out / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._sketches = (self.out / "sketch.bin").open("ab", buffering=0)
-        if self.resumed_from is not None:
-            self._log({"step": self.step, "time": time.time(), "event": "resumed"})
-
-    def _log(self, record: dict[str, Any]) -> None:
-        os.write(self._metrics, (json.dumps(finite_or_none(record), allow_nan=False) + "\n").encode())
-
-    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
-        """The node's whole state as named arrays, taken on the event loop (so no frame arriving
-        meanwhile can change it half-way); `write_checkpoint` then writes it in a thread."""
-        arrays: dict[str, np.ndarray] = {}
-        for i, a in enumerate(self.x):
-            arrays[f"x/{i}"] = np.asarray(a)
-        for i, a in enumerate(self.opt_state):
-            arrays[f"opt/{i}"] = np.asarray(a)
-        for j in self.peers:
-            for i, a in enumerate(self.sigma[j]):
-                arrays[f"sigma/{j}/{i}"] = np.array(a)  # a copy: the sums are updated in place
-            for i, a in enumerate(self.rho[j]):
-                arrays[f"rho/{j}/{i}"] = np.asarray(a)
-        meta = {"step": self.step, "seq": self.seq, "w": self.w, "sigma_w": self.sigma_w, "rho_w": self.rho_w,
-                "last_seen": {str(k): list(v) for k, v in self.last_seen.items()},
-                "rho_inc": {str(k): v for k, v in self.rho_inc.items()}, "incarnation": self.incarnation,
-                "link": {k: getattr(self.transport.stats, k) for k in _LINK_COUNTERS},
-                "rejected": dict(self.rejected), "rng": self.rng.bit_generator.state,
-                "peer_out": {str(j): asdict(self.transport.stats.peer(j)) for j in self.peers},
-                "peer_in": {str(j): dict(self.inbound[j]) for j in self.peers}}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        return arrays
-
-    def restore(self, path: Path) -> None:
-        """Loads a checkpoint written by `checkpoint` (never a partial one: those are never renamed)."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            meta = json.loads(arrays.pop("meta").tobytes())
-            n_leaves = len(self.work.spec.shapes)
-
-            def leaves(prefix: str, count: int) -> list[np.ndarray]:
-                return [arrays[f"{prefix}/{i}"] for i in range(count)]
-
-            x = leaves("x", n_leaves)
-            if [a.shape for a in x] != list(self.work.spec.shapes):
-                raise GossipError("its parameter shapes differ from this model's")
-            self.x = [jnp.asarray(a) for a in x]
-            self.opt_state = [jnp.asarray(a) for a in leaves("opt", len(self.opt_state))]
-            for j in self.peers:
-                self.sigma[j] = [np.array(a, np.float64) for a in leaves(f"sigma/{j}", n_leaves)]
-                self.rho[j] = leaves(f"rho/{j}", n_leaves)
-            self.step, self.seq, self.w = int(meta["step"]), int(meta["seq"]), float(meta["w"])
-            self.sigma_w = {int(k): float(v) for k, v in meta["sigma_w"].items()}
-            self.rho_w = {int(k): float(v) for k, v in meta["rho_w"].items()}
-            self.last_seen = {int(k): tuple(v) for k, v in meta["last_seen"].items()}
-            self.rho_inc = {int(k): int(v) for k, v in meta["rho_inc"].items()}
-            # newer than any incarnation before, even if the wall clock stepped back
-            self.incarnation = max(self.incarnation, int(meta["incarnation"]) + 1)
-            for k in _LINK_COUNTERS:  # the counters go on from where they were
-                setattr(self.transport.stats, k, int(meta["link"][k]))
-            self.rejected = Counter(meta["rejected"])
-            for j in self.peers:  # frames queued before the crash and not written count as dropped
-                queued, written = (int(meta["peer_out"][str(j)][k]) for k in ("queued", "written"))
-                counts = self.transport.stats.peer(j)
-                counts.queued, counts.written, counts.dropped = queued, written, queued - written
-                self.inbound[j] = Counter({k: int(v) for k, v in meta["peer_in"][str(j)].items()})
-            self.rng.bit_generator.state = meta["rng"]
-        except Exception as e:  # a damaged file fails in many ways (zip, npy, JSON, types)
-            raise RunDirError(f"cannot resume node {self.id} from {path}: {e}; delete it (or pass --fresh) "
-                              "to start this node over") from None
-        self.resumed_from = self.step
-        log.info("node %d: resumed from its checkpoint at step %d", self.id, self.step)
-
-
-_LINK_COUNTERS = ("frames_sent", "bytes_sent", "frames_received", "bytes_received", "replaced", "send_failures")
 
 
 def accumulate(sums: list[list[np.ndarray]], shares: list[float], x: list[Any]) -> None:
@@ -550,45 +484,3 @@ def accumulate(sums: list[list[np.ndarray]], shares: list[float], x: list[Any]) 
     for share, sigma in zip(shares, sums, strict=True):
         for s, a in zip(sigma, x, strict=True):
             s += share * np.asarray(a, np.float64)
-
-
-def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Writes a checkpoint atomically: to a temporary file, synced, then renamed over the old one,
-    so a crash mid-write leaves the previous checkpoint, never a partial one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _cut_jsonl_after(path: Path, step: int) -> None:
-    """Cuts a node's metrics.jsonl at its first torn line or record past `step`."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    keep = 0
-    for line in data.splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-            whole = line.endswith(b"\n") and isinstance(record, dict)
-        except ValueError:
-            whole = False
-        if not whole or (isinstance(record.get("step"), int) and record["step"] > step):
-            break
-        keep += len(line)
-    if keep != len(data):
-        os.truncate(path, keep)
-
-
-def _cut_sketches_after(path: Path, step: int, dtype: np.dtype) -> None:
-    """Cuts a node's sketch.bin at its first torn row or row past `step`."""
-    if not path.exists():
-        return
-    size = path.stat().st_size
-    rows = np.fromfile(path, dtype, count=size // dtype.itemsize)
-    past = np.flatnonzero(rows["step"] > step)
-    keep = (int(past[0]) if past.size else rows.size) * dtype.itemsize
-    if keep != size:
-        os.truncate(path, keep)

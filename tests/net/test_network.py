@@ -113,15 +113,15 @@ def test_a_node_can_train_on_its_own_data_file(tmp_path: Path) -> None:
              y_test=digits.y_test[:10])
     net = load_network(topology(tmp_path, experiment='model = "logreg"'))
     work = Workload(net.config, net.topology.graph, net.weights)
-    mine = work.node_data(0, str(own))
-    assert mine.indices.tolist() == list(range(40)) and mine.dataset.x_train.shape[0] == 40
-    shared = work.node_data(1)
-    assert shared.dataset is work.dataset and len(shared.indices) < digits.x_train.shape[0]
+    mine, indices = work.task.node_dataset(0, str(own))
+    assert indices.tolist() == list(range(40)) and mine.x_train.shape[0] == 40
+    shared, indices = work.task.node_dataset(1, None)
+    assert shared is work.dataset and len(indices) < digits.x_train.shape[0]
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, x_train=np.zeros((10, 5), np.float32), y_train=np.zeros(10, np.int64),
              x_test=np.zeros((2, 5), np.float32), y_test=np.zeros(2, np.int64))
     with pytest.raises(DataError, match="the shared model expects"):
-        work.node_data(2, str(wrong))
+        work.task.node_dataset(2, str(wrong))
 
 
 def test_launch_names_the_node_that_failed(tmp_path: Path) -> None:

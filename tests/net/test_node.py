@@ -313,7 +313,7 @@ def test_dpsgd_nodes_learn_digits(tmp_path):
     """D-PSGD on digits (logistic regression), 4-node ring: every node ends above 80% test accuracy
     and the nodes' models, which start from different initialisations, draw together."""
     cfg = make_config({"topology": "ring:4", "algorithm": "dpsgd", "dataset": "digits", "model": "logreg",
-                       "rounds": 150, "eval_every": 50})
+                       "rounds": 150, "eval_every": 50, "init": "own"})
     work, net = Workload(cfg, build_graph("ring:4"), "metropolis"), MemoryNetwork(seed=8)
     nodes = make_nodes(work, net, tmp_path, interval=lambda i: 0.01 * (1 + 0.1 * i))
     summaries = run(nodes)
@@ -401,7 +401,7 @@ def _truncated(arrays: dict, path: Path) -> None:
 
 
 def _wrong_shape(arrays: dict, path: Path) -> None:
-    write_checkpoint(path, {**arrays, "x/0": np.zeros(8, np.float32)})
+    write_checkpoint(path, {**arrays, "state/0": np.zeros(8, np.float32)})
 
 
 def _no_meta(arrays: dict, path: Path) -> None:
@@ -475,8 +475,8 @@ class NoiseAttacker(Node):
     bounds, so they pass every frame check) and takes in nothing."""
 
     async def _push(self, *, final: bool = False) -> None:
-        noise = self.rng.normal(0.0, 100.0, (self.work.parameters,)).astype(np.float32)
-        self.x, self.w = [noise], 1.0
+        rng = np.random.default_rng([self.id, self.seq])
+        self.state, self.w = [rng.normal(0.0, 100.0, (self.work.parameters,)).astype(np.float32)], 1.0
         await super()._push(final=final)
 
     async def _absorb(self) -> None:
