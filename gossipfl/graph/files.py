@@ -1,9 +1,10 @@
 """Topology files: TOML topologies (a generator or explicit edges, plus node addresses), GraphML
 files and edge lists, each turned into a connected simple graph with nodes 0..N-1.
 
-`gossipfl.graph.topology` re-exports the public names. A TOML ``generator`` is an inline spec, built by
-`gossipfl.graph.topology`, which imports this module; that builder (and the weight-rule names) are
-therefore imported inside the functions that need them, never at the top.
+`gossipfl.graph.topology` re-exports the public names. A TOML ``generator`` is an inline spec:
+a static one is built by `gossipfl.graph.specs`, a directed or time-varying one by
+`gossipfl.graph.schedule` (the file then carries the `Schedule`); edge lists are read by
+`gossipfl.graph.edgelist`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import networkx as nx
 
 from gossipfl.errors import TopologyError, WeightError, one_line
 from gossipfl.graph.edgelist import read_edge_list, relabel_sorted
+from gossipfl.graph.schedule import Schedule, is_schedule_spec, parse_schedule
 from gossipfl.graph.specs import build_inline, finalize_graph
 from gossipfl.graph.weights import WEIGHT_RULES, rule_name
 
@@ -131,7 +133,12 @@ class NodeSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TopologyFile:
-    """A parsed topology TOML file."""
+    """A parsed topology TOML file.
+
+    For a directed or time-varying ``generator`` (``one-peer-exponential``, ``base:K``, ...),
+    `schedule` says who talks to whom in each round and `graph` is its `Schedule.union_graph`
+    (every link a node may use); `schedule` is None for a static graph.
+    """
 
     name: str
     graph: nx.Graph
@@ -141,6 +148,7 @@ class TopologyFile:
     experiment: dict[str, Any] = field(default_factory=dict)
     gossip: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    schedule: Schedule | None = None
 
 
 def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFile:
@@ -175,7 +183,11 @@ def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFi
             f"{path}: give exactly one of 'generator' (a spec such as \"ring\") or 'edges' "
             f"(a list of [u, v] pairs), got {'both' if has_generator else 'neither'}"
         )
-    if has_generator:
+    schedule = None
+    if has_generator and is_schedule_spec(data["generator"]):
+        schedule = _schedule_from_generator(path, data["generator"], node_specs, seed)
+        graph = finalize_graph(schedule.union_graph(), str(path), "use another generator")
+    elif has_generator:
         graph = _graph_from_generator(path, data["generator"], node_specs, seed)
     else:
         graph = _graph_from_edges(path, data["edges"], node_specs)
@@ -183,7 +195,7 @@ def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFi
         node_specs = tuple(NodeSpec(id=i) for i in range(graph.number_of_nodes()))
     return TopologyFile(
         name=name, graph=graph, nodes=node_specs, weights=weights, seed=seed, experiment=experiment,
-        gossip=gossip, path=path,
+        gossip=gossip, path=path, schedule=schedule,
     )
 
 
@@ -314,6 +326,17 @@ def _graph_from_generator(
     nodes = len(node_specs) if node_specs else None
     try:
         return build_inline(generator, nodes=nodes, seed=seed, nodes_source="its [[nodes]] count")
+    except TopologyError as exc:
+        raise TopologyError(f"{path}: {exc}") from exc
+
+
+def _schedule_from_generator(
+    path: Path, generator: str, node_specs: tuple[NodeSpec, ...] | None, seed: int
+) -> Schedule:
+    """Build the schedule of a file's time-varying ``generator``, sized by its node list."""
+    nodes = len(node_specs) if node_specs else None
+    try:
+        return parse_schedule(generator, nodes=nodes, seed=seed, nodes_source="its [[nodes]] count")
     except TopologyError as exc:
         raise TopologyError(f"{path}: {exc}") from exc
 

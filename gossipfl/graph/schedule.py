@@ -2,7 +2,8 @@
 weights.
 
 A `Schedule` is a pure function of (seed, round): every real node computes the same round graph on
-its own, without a coordinator, and round t needs no round before it. Specs (see `SCHEDULES_HELP`):
+its own, without a coordinator, and round t needs no round before it. Specs (see also
+`gossipfl.graph.specs.SPECS_HELP`):
 
 * ``directed-exponential:N`` node i sends to i + 2^k (mod N) for every 2^k < N (SGP, Assran et
   al. 2019); static and directed, for push-sum.
@@ -28,7 +29,6 @@ from gossipfl.graph.basegraph import base_graph_rounds
 from gossipfl.graph.specs import _Family, _family_name, _parse_int, _resolve_size
 
 __all__ = [
-    "SCHEDULES_HELP",
     "SCHEDULE_FAMILIES",
     "Schedule",
     "build_schedule",
@@ -46,14 +46,6 @@ _SCHEDULES: dict[str, _Family] = {
 SCHEDULE_FAMILIES: tuple[str, ...] = tuple(_SCHEDULES)
 _RANDOM = ("epidemic", "epidemic-oracle", "random-matching")
 _ACCEPTED = ", ".join(f.form for f in _SCHEDULES.values())
-
-SCHEDULES_HELP: str = (
-    "Time-varying and directed specs: directed-exponential:N (i sends to i + 2^k; push-sum/SGP "
-    "only), one-peer-exponential:N (one peer i + 2^(t mod log2 N) per round), base:N:K (Base-(K+1) "
-    "graph: exact average after a few rounds for any N, at most K peers a round), epidemic:N:S "
-    "(each node sends to S random peers a round), epidemic-oracle:N:S (a random S-regular graph "
-    "a round) and random-matching:N (a random perfect matching a round)."
-)
 
 _KINDS = ("row", "column")
 _MASK64 = (1 << 64) - 1
@@ -113,6 +105,17 @@ class Schedule:
         keep = 1.0 - np.bincount(dst if kind == "row" else src, weights=w, minlength=self.n)
         W[np.arange(self.n), np.arange(self.n)] = keep
         return W
+
+    def mix(self, x: np.ndarray, t: int, kind: str = "row") -> np.ndarray:
+        """``matrix(t, kind) @ x`` for `x` of shape (n, ...), without the dense matrix."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[:1] != (self.n,):
+            raise TopologyError(f"{self.spec}: x must have {self.n} rows (one per node), got shape {x.shape}")
+        src, dst, w = self._weights(t, kind)
+        keep = 1.0 - np.bincount(dst if kind == "row" else src, weights=w, minlength=self.n)
+        out = keep.reshape((-1,) + (1,) * (x.ndim - 1)) * x
+        np.add.at(out, dst, w.reshape((-1,) + (1,) * (x.ndim - 1)) * x[src])
+        return out
 
     def in_neighbors(self, i: int, t: int) -> list[int]:
         """The nodes that send to node `i` in round `t`, sorted."""
