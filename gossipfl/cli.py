@@ -251,33 +251,45 @@ def _rate_line(s: dict[str, Any]) -> str:
 def topology_cmd(
     spec: str = typer.Argument(
         ...,
-        help="Inline spec (ring:16, torus:4x4, complete:8, star:8, hypercube:16, exponential:16, "
-        "random-regular:N:D, erdos-renyi:N:P, small-world:N:K:P) or a file.",
+        help="Inline spec (ring:16, torus:4x4, complete:8, star:8, hypercube:16, exponential:16, random-regular:N:D, "
+        "erdos-renyi:N:P, small-world:N:K:P), a time-varying or directed one (one-peer-exponential:16, base:12:2, "
+        "directed-exponential:16, epidemic:N:S, epidemic-oracle:N:S, random-matching:N) or a file.",
     ),
     nodes: int | None = typer.Option(None, "--nodes", "-n", help="Size, for a spec given without one."),
     weights: str | None = typer.Option(
-        None, help="metropolis, max-degree or uniform (default: the file's rule, else metropolis)."
+        None, help="metropolis, max-degree or uniform (default: the file's rule, else metropolis); "
+        "time-varying specs have their own."
     ),
     seed: int = typer.Option(0, help="Seed for random generators."),
-    draw: Path | None = typer.Option(None, help="Write a drawing of the graph to this PNG."),
+    draw: Path | None = typer.Option(None, help="Write a drawing of the graph (or of the first rounds) to this PNG."),
 ) -> None:
-    """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates."""
-    from gossipfl.graph.topology import DENSE_MAX_NODES, build_graph, describe, mixing_matrix, resolve_weights
+    """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates; for a
+    time-varying one its per-round degree, period and rounds to exact consensus."""
+    from gossipfl.errors import WeightError
+    from gossipfl.graph.topology import DENSE_MAX_NODES, build_graph, describe, describe_schedule, draw_schedule
     from gossipfl.graph.topology import draw as draw_graph
+    from gossipfl.graph.topology import load_schedule, mixing_matrix, resolve_weights
 
-    graph = build_graph(spec, nodes=nodes, seed=seed)
-    rule = resolve_weights(spec, weights)
-    W = mixing_matrix(graph, rule, sparse=graph.number_of_nodes() > DENSE_MAX_NODES)
-    info = describe(graph, W, rule)  # includes the spectrum: computed once, large N is costly
+    schedule = load_schedule(spec, nodes=nodes, seed=seed)
+    if schedule is not None:
+        if weights is not None:
+            raise WeightError(f"--weights {weights} does not apply to {schedule.spec} (it has its own); drop --weights")
+        info = describe_schedule(schedule)
+    else:
+        graph = build_graph(spec, nodes=nodes, seed=seed)
+        rule = resolve_weights(spec, weights)
+        W = mixing_matrix(graph, rule, sparse=graph.number_of_nodes() > DENSE_MAX_NODES)
+        info = describe(graph, W, rule)  # includes the spectrum: computed once, large N is costly
+        info["predicted per-round contraction"] = f"consensus distance shrinks by x{info['slem']:.4f} per round (SLEM)"
     table = Table(title=f"topology {spec}", show_header=False)
     for key, value in info.items():
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
-    table.add_row(
-        "predicted per-round contraction", f"consensus distance shrinks by x{info['slem']:.4f} per round (SLEM)"
-    )
     console.print(table)
+    if schedule is not None and schedule.exact_rounds is not None:
+        console.print(f"rounds to exact consensus: {schedule.exact_rounds} (then every node holds the exact average)")
     if draw:
-        written = draw_graph(graph, draw, title=spec, spectral_gap=info["spectral_gap"])
+        written = draw_schedule(schedule, draw) if schedule else draw_graph(graph, draw, title=spec,
+                                                                            spectral_gap=info["spectral_gap"])
         console.print(f"wrote {written}")
 
 

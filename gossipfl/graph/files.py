@@ -1,14 +1,14 @@
 """Topology files: TOML topologies (a generator or explicit edges, plus node addresses), GraphML
 files and edge lists, each turned into a connected simple graph with nodes 0..N-1.
 
-`gossipfl.graph.topology` re-exports the public names. A TOML ``generator`` is an inline spec, built by
-`gossipfl.graph.topology`, which imports this module; that builder (and the weight-rule names) are
-therefore imported inside the functions that need them, never at the top.
+`gossipfl.graph.topology` re-exports the public names. A TOML ``generator`` is an inline spec:
+a static one is built by `gossipfl.graph.specs`, a directed or time-varying one by
+`gossipfl.graph.schedule` (the file then carries the `Schedule`); edge lists are read by
+`gossipfl.graph.edgelist`.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +18,8 @@ from typing import Any, Literal
 import networkx as nx
 
 from gossipfl.errors import TopologyError, WeightError, one_line
+from gossipfl.graph.edgelist import read_edge_list, relabel_sorted
+from gossipfl.graph.schedule import Schedule, is_schedule_spec, parse_schedule
 from gossipfl.graph.specs import build_inline, finalize_graph
 from gossipfl.graph.weights import WEIGHT_RULES, rule_name
 
@@ -110,10 +112,10 @@ def load_graph_file(path: Path, *, default_seed: int) -> nx.Graph:
         except Exception as exc:  # the XML parser and GraphML reader raise many kinds
             raise TopologyError(f"{path}: cannot parse GraphML: {one_line(exc)}") from exc
     else:
-        graph = _read_edge_list(path)
+        graph = read_edge_list(path)
     if graph.is_directed():
         graph = graph.to_undirected()
-    return finalize_graph(_relabel_sorted(nx.Graph(graph)), str(path), "add edges")
+    return finalize_graph(relabel_sorted(nx.Graph(graph)), str(path), "add edges")
 
 
 # ----------------------------------------------------------------------------- TOML schema
@@ -131,7 +133,12 @@ class NodeSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TopologyFile:
-    """A parsed topology TOML file."""
+    """A parsed topology TOML file.
+
+    For a directed or time-varying ``generator`` (``one-peer-exponential``, ``base:K``, ...),
+    `schedule` says who talks to whom in each round and `graph` is its `Schedule.union_graph`
+    (every link a node may use); `schedule` is None for a static graph.
+    """
 
     name: str
     graph: nx.Graph
@@ -141,6 +148,7 @@ class TopologyFile:
     experiment: dict[str, Any] = field(default_factory=dict)
     gossip: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    schedule: Schedule | None = None
 
 
 def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFile:
@@ -175,7 +183,11 @@ def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFi
             f"{path}: give exactly one of 'generator' (a spec such as \"ring\") or 'edges' "
             f"(a list of [u, v] pairs), got {'both' if has_generator else 'neither'}"
         )
-    if has_generator:
+    schedule = None
+    if has_generator and is_schedule_spec(data["generator"]):
+        schedule = _schedule_from_generator(path, data["generator"], node_specs, seed)
+        graph = finalize_graph(schedule.union_graph(), str(path), "use another generator")
+    elif has_generator:
         graph = _graph_from_generator(path, data["generator"], node_specs, seed)
     else:
         graph = _graph_from_edges(path, data["edges"], node_specs)
@@ -183,7 +195,7 @@ def load_topology_file(path: str | Path, *, default_seed: int = 0) -> TopologyFi
         node_specs = tuple(NodeSpec(id=i) for i in range(graph.number_of_nodes()))
     return TopologyFile(
         name=name, graph=graph, nodes=node_specs, weights=weights, seed=seed, experiment=experiment,
-        gossip=gossip, path=path,
+        gossip=gossip, path=path, schedule=schedule,
     )
 
 
@@ -318,6 +330,17 @@ def _graph_from_generator(
         raise TopologyError(f"{path}: {exc}") from exc
 
 
+def _schedule_from_generator(
+    path: Path, generator: str, node_specs: tuple[NodeSpec, ...] | None, seed: int
+) -> Schedule:
+    """Build the schedule of a file's time-varying ``generator``, sized by its node list."""
+    nodes = len(node_specs) if node_specs else None
+    try:
+        return parse_schedule(generator, nodes=nodes, seed=seed, nodes_source="its [[nodes]] count")
+    except TopologyError as exc:
+        raise TopologyError(f"{path}: {exc}") from exc
+
+
 def _graph_from_edges(
     path: Path, edges: object, node_specs: tuple[NodeSpec, ...] | None
 ) -> nx.Graph:
@@ -351,69 +374,3 @@ def _graph_from_edges(
     graph = nx.empty_graph(n)
     graph.add_edges_from(pairs)
     return finalize_graph(graph, str(path), "add edges")
-
-
-# ----------------------------------------------------------------------------- edge lists, GraphML
-
-
-def _read_edge_list(path: Path) -> nx.Graph:
-    """Read a whitespace- or comma-separated edge list; a header row of names is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TopologyError(f"{path}: cannot read edge list: {one_line(exc)}") from exc
-    rows = [
-        line.split("#", 1)[0].replace(",", " ").split()
-        for line in text.splitlines()
-    ]
-    rows = [row for row in rows if row]
-    if rows and not _ints(rows[0][:2]) and all(_ints(row[:2]) for row in rows[1:]):
-        rows = rows[1:]
-    bad = next((row for row in rows if len(row) < 2), None)
-    if bad is not None:
-        raise TopologyError(
-            f"{path}: cannot parse edge list line {' '.join(bad)!r}; expected one 'u v' "
-            f"(or 'u,v') pair per line"
-        )
-    graph = nx.parse_edgelist((" ".join(row[:2]) for row in rows), nodetype=str, data=False)
-    if graph.number_of_edges() == 0:
-        raise TopologyError(
-            f"{path}: no edges found; an edge list has one 'u v' (or 'u,v') pair per line"
-        )
-    return graph
-
-
-def _ints(tokens: list[str]) -> bool:
-    """Whether every token parses as an integer."""
-    try:
-        [int(t) for t in tokens]
-    except ValueError:
-        return False
-    return True
-
-
-def _relabel_sorted(graph: nx.Graph) -> nx.Graph:
-    """Relabel nodes to 0..N-1 in sorted order of their labels (as ints when all are ints)."""
-    labels = list(graph.nodes)
-    try:
-        as_int = {label: int(label) for label in labels}
-    except (TypeError, ValueError):
-        as_int = {}
-    if as_int and len(set(as_int.values())) == len(labels):
-        graph = nx.relabel_nodes(graph, as_int)
-    else:
-        # natural order, so that "n2" comes before "n10"
-        graph = nx.relabel_nodes(graph, {label: str(label) for label in labels})
-        graph = nx.relabel_nodes(graph, {label: _natural_key(label) for label in graph})
-    return nx.convert_node_labels_to_integers(graph, ordering="sorted")
-
-
-def _natural_key(label: str) -> tuple[tuple[int, int, str], ...]:
-    """A sort key that orders digit runs numerically ("n2" before "n10"), ties broken by text."""
-    parts = tuple(
-        (0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", label) if t
-    )
-    return (*parts, (2, 0, label))
-
-
-# ----------------------------------------------------------------------------- shared helpers

@@ -11,15 +11,21 @@ from gossipfl.errors import TopologyError
 
 _ACCEPTED = (
     "ring:N, torus:RxC, complete:N, star:N, hypercube:N, exponential:N, random-regular:N:D, "
-    "erdos-renyi:N:P, small-world:N:K:P, or a file (.toml, .graphml, edge list)"
+    "erdos-renyi:N:P, small-world:N:K:P; time-varying or directed: directed-exponential:N, "
+    "one-peer-exponential:N, base:N:K, epidemic:N:S, epidemic-oracle:N:S, random-matching:N; "
+    "or a file (.toml, .graphml, edge list)"
 )
 
 SPECS_HELP: str = (
     "A topology is an inline spec or a file. Inline specs: ring:N, torus:RxC, complete:N, "
     "star:N (hub 0), hypercube:N (N a power of 2), exponential:N (i linked to i +- 2^k), "
     "random-regular:N:D, erdos-renyi:N:P and small-world:N:K:P (Watts-Strogatz; random ones use "
-    "--seed). The size N may be left out and given by --nodes instead (ring, torus, "
-    "random-regular:D, small-world:K:P). Files: .toml (generator or explicit edges, plus node "
+    "--seed). Time-varying and directed: directed-exponential:N (i sends to i + 2^k; push-sum "
+    "only), one-peer-exponential:N (one peer i + 2^(t mod log2 N) a round), base:N:K (Base-(K+1) "
+    "graph: exact average after a few rounds for any N, at most K peers a round), epidemic:N:S (S "
+    "random peers a round), epidemic-oracle:N:S (a random S-regular graph a round) and "
+    "random-matching:N. The size N may be left out and given by --nodes instead (ring, torus, "
+    "random-regular:D, small-world:K:P, base:K, ...). Files: .toml (generator or explicit edges, plus node "
     "hosts/ports), .graphml, or an edge list with one 'u v' or 'u,v' pair per line; a file "
     "without a suffix is recognised by its content. The graph must be connected."
 )

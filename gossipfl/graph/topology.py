@@ -1,8 +1,8 @@
 """Gossip topologies: graphs from inline specs or files, mixing weights, and their spectra.
 
 The file formats (TOML, GraphML, edge lists) live in `gossipfl.graph.files`, the weight rules in
-`gossipfl.graph.weights` and the spectral analysis in `gossipfl.graph.spectral`; their public names are
-re-exported here.
+`gossipfl.graph.weights`, the spectral analysis in `gossipfl.graph.spectral` and the directed and
+time-varying schedules in `gossipfl.graph.schedule`; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,18 +13,27 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from gossipfl.errors import TopologyError, one_line
+from gossipfl.errors import TopologyError
 from gossipfl.graph.files import (
     NODE_KEYS,
     TOPOLOGY_FILE_KEYS,
     NodeSpec,
     TopologyFile,
+    file_kind,
     is_file_spec,
     load_graph_file,
     load_topology_file,
     resolve_weights,
     topology_defaults,
 )
+from gossipfl.graph.schedule import SCHEDULE_FAMILIES as SCHEDULE_FAMILIES
+from gossipfl.graph.schedule import Schedule as Schedule
+from gossipfl.graph.schedule import build_schedule as build_schedule
+from gossipfl.graph.schedule import is_schedule_spec as is_schedule_spec
+from gossipfl.graph.schedule import parse_schedule
+from gossipfl.graph.schedule_info import describe_schedule as describe_schedule
+from gossipfl.graph.schedule_info import draw_schedule as draw_schedule
+from gossipfl.graph.schedule_info import png_target, save_png
 from gossipfl.graph.specs import _ACCEPTED, _FAMILIES, SPECS_HELP, _family_name, build_inline
 from gossipfl.graph.spectral import Spectrum as Spectrum
 from gossipfl.graph.spectral import spectrum as spectrum
@@ -37,15 +46,22 @@ from gossipfl.graph.weights import rule_name as rule_name
 __all__ = [
     "DENSE_MAX_NODES",
     "NODE_KEYS",
+    "SCHEDULE_FAMILIES",
     "SPECS_HELP",
     "TOPOLOGY_FILE_KEYS",
     "WEIGHT_RULES",
     "NodeSpec",
+    "Schedule",
     "Spectrum",
     "TopologyFile",
     "build_graph",
+    "build_schedule",
     "describe",
+    "describe_schedule",
     "draw",
+    "draw_schedule",
+    "is_schedule_spec",
+    "load_schedule",
     "load_topology_file",
     "mixing_matrix",
     "resolve_weights",
@@ -71,6 +87,9 @@ def build_graph(
         default_nodes: the size of an inline spec that gives none when `nodes` is None too
             (``ring`` -> ``ring:default_nodes``). Files never use it.
 
+    A directed or time-varying spec (``base:12:2``, see `SPECS_HELP`) gives the union of its
+    rounds, `Schedule.union_graph`: every link a node may use.
+
     Raises:
         TopologyError: the spec is empty, names a directory, or the spec or file is invalid, has
             fewer than 2 nodes, or is disconnected.
@@ -86,11 +105,47 @@ def build_graph(
                 f"{nodes}; drop --nodes or make them agree"
             )
         return graph
+    if is_schedule_spec(spec):
+        return parse_schedule(
+            spec, nodes=nodes, seed=seed, nodes_source="--nodes", default=default_nodes
+        ).union_graph()
     if _family_name(spec) not in _FAMILIES and Path(spec).is_dir():
         raise TopologyError(
             f"topology '{spec}' is a directory, not a topology file or inline spec; accepted: {_ACCEPTED}"
         )
     return build_inline(spec, nodes=nodes, seed=seed, nodes_source="--nodes", default=default_nodes)
+
+
+def load_schedule(spec: str, *, nodes: int | None = None, seed: int = 0) -> Schedule | None:
+    """The `Schedule` of a directed or time-varying topology, given as an inline spec
+    (``base:12:2``) or a TOML file whose ``generator`` is one; None for a static topology.
+
+    Args:
+        spec: an inline spec or a topology file, as for `build_graph`.
+        nodes: the number of nodes, when the spec leaves it out; must agree if both give it.
+        seed: seed of the random families (a TOML file's own ``seed`` takes precedence).
+
+    Raises:
+        TopologyError: the spec is empty, unknown or invalid, or the file is invalid.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise TopologyError(f"empty topology spec; accepted: {_ACCEPTED}")
+    if is_file_spec(spec):
+        if file_kind(Path(spec)) != "toml":
+            return None
+        schedule = load_topology_file(spec, default_seed=seed).schedule
+        if schedule is not None and nodes is not None and nodes != schedule.n:
+            raise TopologyError(
+                f"topology file '{spec}' has {schedule.n} nodes but --nodes is {nodes}; "
+                f"drop --nodes or make them agree"
+            )
+        return schedule
+    if is_schedule_spec(spec):
+        return build_schedule(spec, nodes=nodes, seed=seed)
+    if _family_name(spec) in _FAMILIES:
+        return None
+    raise TopologyError(f"unknown topology {spec!r}; accepted: {_ACCEPTED}")
 
 
 def describe(G: nx.Graph, W: Matrix, rule: WeightRule) -> dict[str, Any]:
@@ -135,14 +190,7 @@ def draw(
     # the Figure API rather than pyplot: no global figure state, no GUI backend to select
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    if path.is_dir():
-        raise TopologyError(
-            f"cannot write the drawing to '{path}': it is a directory; give a file such as "
-            f"'{path / 'graph.png'}'"
-        )
-    if path.suffix.lower() != ".png":
-        path = path.with_name(path.name + ".png")
+    path = png_target(path)
     n = G.number_of_nodes()
     ring_like = n > 2 and all(G.has_edge(i, (i + 1) % n) for i in range(n))
     pos = nx.circular_layout(G) if ring_like else nx.spring_layout(G, seed=0)
@@ -160,11 +208,4 @@ def draw(
         parts.append(f"spectral gap {spectral_gap:.4g}")
     ax.set_title(" — ".join(parts))
     ax.set_axis_off()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-    except OSError as exc:
-        raise TopologyError(
-            f"cannot write the drawing to '{path}': {exc.strerror or one_line(exc)}"
-        ) from exc
-    return path
+    return save_png(fig, path)
