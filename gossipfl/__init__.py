@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from gossipfl.graph.topology import mixing_matrix as mixing_matrix
     from gossipfl.graph.topology import spectrum as spectrum
     from gossipfl.graph.topology import topology_defaults as topology_defaults
-    from gossipfl.learn.algorithms import NodeState as NodeState
     from gossipfl.learn.algorithms import REGISTRY as REGISTRY
+    from gossipfl.learn.algorithms import NodeState as NodeState
     from gossipfl.learn.algorithms import consensus as consensus
     from gossipfl.learn.algorithms import dpsgd as dpsgd
     from gossipfl.learn.attacks import make_attack as make_attack

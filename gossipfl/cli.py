@@ -266,9 +266,17 @@ def topology_cmd(
     """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates; for a
     time-varying one its per-round degree, period and rounds to exact consensus."""
     from gossipfl.errors import WeightError
-    from gossipfl.graph.topology import DENSE_MAX_NODES, build_graph, describe, describe_schedule, draw_schedule
+    from gossipfl.graph.topology import (
+        DENSE_MAX_NODES,
+        build_graph,
+        describe,
+        describe_schedule,
+        draw_schedule,
+        load_schedule,
+        mixing_matrix,
+        resolve_weights,
+    )
     from gossipfl.graph.topology import draw as draw_graph
-    from gossipfl.graph.topology import load_schedule, mixing_matrix, resolve_weights
 
     schedule = load_schedule(spec, nodes=nodes, seed=seed)
     if schedule is not None:

@@ -15,8 +15,16 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gossipfl.config import SimConfig
 from gossipfl.errors import ConfigError
-from gossipfl.graph.schedule import Schedule, load_schedule
-from gossipfl.graph.topology import DENSE_MAX_NODES, Spectrum, build_graph, mixing_matrix, resolve_weights, spectrum
+from gossipfl.graph.schedule import Schedule
+from gossipfl.graph.topology import (
+    DENSE_MAX_NODES,
+    Spectrum,
+    build_graph,
+    load_schedule,
+    mixing_matrix,
+    resolve_weights,
+    spectrum,
+)
 from gossipfl.learn.attacks import honest_mask, resolve_attackers
 from gossipfl.learn.combine import Combine, check_weights
 from gossipfl.learn.mixing import NeighborLists, neighbor_lists
