@@ -265,6 +265,11 @@ class Node(NodeFiles):
         if self.robust:
             await self._push_model(final)
             return
+        if self.opts.mode == "sync":
+            # the frames of the last round must go out before this round's replace them in the
+            # one-frame outboxes: a neighbour that got only the later one would take two rounds at once
+            with trio.move_on_after(self.opts.sync_timeout):
+                await self.transport.drain()
         keep_weight, share_of = self.work.shares(self.id, self.round)
         sharing = [] if final else [j for j in sorted(share_of) if self._pushes_to(j)]
         keep = float(np.float32(keep_weight + sum(s for j, s in share_of.items() if j not in sharing)))
@@ -376,6 +381,10 @@ class Node(NodeFiles):
         senders = sorted(self.work.in_weights(self.id, self.round))  # who sends here this round
 
         def waiting() -> list[int]:
+            for j in [j for j in senders if j in self._held and j not in self.mailbox]:
+                # its frame of this round never came alone (lost or replaced by the next one, whose
+                # running sums include it): take the later one rather than wait for nothing
+                self.mailbox[j] = self._held.pop(j)
             return [j for j in senders if j not in self._absent and j not in self._finished
                     and not (j in self.mailbox and self.mailbox[j].step >= self.step)]
 
