@@ -265,29 +265,19 @@ def topology_cmd(
 ) -> None:
     """Describe a topology: size, degrees, mixing weights, SLEM, spectral gap, predicted rates; for a
     time-varying one its per-round degree, period and rounds to exact consensus."""
+    import gossipfl.graph.topology as topo
     from gossipfl.errors import WeightError
-    from gossipfl.graph.topology import (
-        DENSE_MAX_NODES,
-        build_graph,
-        describe,
-        describe_schedule,
-        draw_schedule,
-        load_schedule,
-        mixing_matrix,
-        resolve_weights,
-    )
-    from gossipfl.graph.topology import draw as draw_graph
 
-    schedule = load_schedule(spec, nodes=nodes, seed=seed)
+    schedule = topo.load_schedule(spec, nodes=nodes, seed=seed)
     if schedule is not None:
         if weights is not None:
             raise WeightError(f"--weights {weights} does not apply to {schedule.spec} (it has its own); drop --weights")
-        info = describe_schedule(schedule)
+        info = topo.describe_schedule(schedule)
     else:
-        graph = build_graph(spec, nodes=nodes, seed=seed)
-        rule = resolve_weights(spec, weights)
-        W = mixing_matrix(graph, rule, sparse=graph.number_of_nodes() > DENSE_MAX_NODES)
-        info = describe(graph, W, rule)  # includes the spectrum: computed once, large N is costly
+        graph = topo.build_graph(spec, nodes=nodes, seed=seed)
+        rule = topo.resolve_weights(spec, weights)
+        W = topo.mixing_matrix(graph, rule, sparse=graph.number_of_nodes() > topo.DENSE_MAX_NODES)
+        info = topo.describe(graph, W, rule)  # includes the spectrum: computed once, large N is costly
         info["predicted per-round contraction"] = f"consensus distance shrinks by x{info['slem']:.4f} per round (SLEM)"
     table = Table(title=f"topology {spec}", show_header=False)
     for key, value in info.items():
@@ -296,8 +286,10 @@ def topology_cmd(
     if schedule is not None and schedule.exact_rounds is not None:
         console.print(f"rounds to exact consensus: {schedule.exact_rounds} (then every node holds the exact average)")
     if draw:
-        written = draw_schedule(schedule, draw) if schedule else draw_graph(graph, draw, title=spec,
-                                                                            spectral_gap=info["spectral_gap"])
+        if schedule is not None:
+            written = topo.draw_schedule(schedule, draw)
+        else:
+            written = topo.draw(graph, draw, title=spec, spectral_gap=info["spectral_gap"])
         console.print(f"wrote {written}")
 
 
