@@ -157,7 +157,6 @@ class Frame:
         return (self.incarnation, self.seq)
 
 
-
 def parse_prefix(prefix: bytes, spec: ModelSpec) -> tuple[int, int]:
     """(header length, payload length) of a frame, checked before anything is allocated."""
     if len(prefix) != PREFIX.size:

@@ -161,6 +161,7 @@ def encode_frame(spec: ModelSpec, leaves: Sequence[Any], key: Keys, **meta: Any)
     """One whole frame as bytes from parameter arrays; `meta` as for `encode_head`."""
     return join_frame(encode_head(spec, **meta), payload_views(leaves), key)
 
+
 def decode_frame(blob: bytes | memoryview, spec: ModelSpec, key: Keys) -> Frame:
     """Checks and decodes one whole frame held in memory. Raises a `FrameError` subclass."""
     blob = memoryview(blob)
