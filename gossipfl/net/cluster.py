@@ -351,5 +351,3 @@ class Cluster:
     def summary(self, node: int) -> dict[str, Any] | None:
         path = self.node_dir(node) / "summary.json"
         return json.loads(path.read_text()) if path.exists() else None
-
-

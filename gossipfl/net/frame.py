@@ -268,4 +268,3 @@ def make_frame(header: dict[str, Any], payload: Any, spec: ModelSpec, header_len
                  step=header["step"], weight=float(header["w"]), leaves=leaves,
                  nbytes=PREFIX.size + header_len + len(payload) + TAG_BYTES, final=header.get("fin", False),
                  ack=header["ack"])
-

@@ -147,4 +147,3 @@ class _Outbox:
             self.ready = trio.Event()
         frame, self.frame = self.frame, None
         return frame
-

@@ -347,4 +347,3 @@ def _sender(header: bytes | bytearray) -> int | None:
     except Exception:  # msgpack raises many unrelated types for malformed input
         return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-

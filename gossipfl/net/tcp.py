@@ -308,4 +308,3 @@ def _peer_name(stream: trio.SocketStream) -> str:
     except OSError:
         return "a peer that has gone"
     return f"{host}:{port}"
-

@@ -56,4 +56,3 @@ def topology_toml(*, name: str, edges: Sequence[tuple[int, int]], addresses: Seq
     for table, values in (("experiment", experiment), ("gossip", gossip)):
         lines += [f"[{table}]", *(f"{k} = {_toml(v)}" for k, v in values.items()), ""]
     return "\n".join(lines)
-
