@@ -4,7 +4,7 @@ Part A — exchange throughput between two separate processes on 127.0.0.1, for 
 1, 10 and 100 MB (a few leaves summing to the size), and per-message cost for a small model
 (4,810 float32 parameters, the default MLP: about 19 KB a frame):
 
-- transport: the real `gossipfl.net.transport.TcpTransport` on both sides. The sender process hands
+- transport: the real `gossipfl.net.tcp.TcpTransport` on both sides. The sender process hands
   each frame (`encode_head` + `payload_views`, built once) to `send()`, then waits until its
   `stats.frames_sent` increments (the frame is fully written) before the next one, so the
   latest-only outbox never replaces a frame; the receiver counts the frames its `deliver` callback
@@ -72,8 +72,9 @@ import msgpack
 import numpy as np
 import trio
 
+from gossipfl.net.interface import LinkStats
+from gossipfl.net.tcp import TcpTransport
 from gossipfl.net.tls import TlsContexts, TlsFiles, load_tls
-from gossipfl.net.transport import LinkStats, TcpTransport
 from gossipfl.net.wire import (
     PREFIX,
     TAG_BYTES,

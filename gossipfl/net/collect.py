@@ -5,12 +5,18 @@ the end summary.json and final.npz). `collect` turns them into simulator-style r
 the consensus distance across nodes (from the nodes' parameter sketches, all taken with the same
 map, so distances between sketches estimate distances between models), the wall time, and the
 nodes' test accuracy (mean, min, max). No JAX here: plotting a run stays light.
+
+The functions at the end read one node's logs as a check of a run would (its step records, its
+last step, torn lines, its sketches) and measure the consensus distance among some nodes at a time,
+at the start or at the end (used by the fault-injection tests and `experiments/reliability.py`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +162,100 @@ def collect(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         summary["final"].update(node_accuracy=node_acc, node_accuracy_min=min(values),
                                 node_accuracy_mean=float(np.mean(values)), node_accuracy_max=max(values))
     return summary, records
+
+
+# ----------------------------------------------------------------------------- one node's logs, and distances
+
+
+def step_records(node_dir: Path) -> list[dict[str, Any]]:
+    """A node's step records (its metrics.jsonl without events; a torn last line is skipped)."""
+    return [r for r in read_jsonl(node_dir / "metrics.jsonl") if "event" not in r]
+
+
+def last_logged_step(node_dir: Path) -> int:
+    path = node_dir / "metrics.jsonl"
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            tail = f.read().decode(errors="replace").split("\n")
+    except OSError:
+        return -1
+    for line in reversed(tail):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "event" not in record and "step" in record:
+            return int(record["step"])
+    return -1
+
+
+def torn_lines(path: Path) -> list[int]:
+    """Line numbers of a JSONL file that do not parse as a JSON object (a torn write), the last
+    line included; a file that does not end in a newline counts its last line as torn."""
+    if not path.exists():
+        return []
+    text = path.read_bytes().decode(errors="replace")
+    bad = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if number == len(lines) and line == "":
+            break
+        try:
+            ok = isinstance(json.loads(line), dict) and number < len(lines)
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(number)
+    return bad
+
+
+def sketches(node_dir: Path) -> np.ndarray:
+    """A node's sketch rows (step, time, v); the row of the model it left with has step -1."""
+    info = json.loads((node_dir / "node.json").read_text())
+    return read_sketches(node_dir / "sketch.bin", info["sketch_dim"])
+
+
+def _spread(vectors: Sequence[np.ndarray]) -> float:
+    return spread(np.stack(vectors).astype(np.float64))
+
+
+def distance_at(run_dir: Path, nodes: Iterable[int], when: float) -> float:
+    """Consensus distance among `nodes` at wall time `when` (seconds since the epoch): each
+    node's newest sketch taken at or before then. NaN if fewer than two nodes had one."""
+    latest = []
+    for i in nodes:
+        rows = sketches(run_dir / f"node-{i}")
+        rows = rows[rows["time"] <= when]
+        if len(rows):
+            latest.append(rows[np.argmax(rows["time"])]["v"])
+    return _spread(latest) if len(latest) >= 2 else math.nan
+
+
+def final_distance(run_dir: Path, nodes: Iterable[int]) -> float:
+    """Consensus distance among the models `nodes` left with (after settling). NaN if fewer than two."""
+    finals = []
+    for i in nodes:
+        rows = sketches(run_dir / f"node-{i}")
+        rows = rows[rows["step"] == FINAL_STEP]
+        if len(rows):
+            finals.append(rows[-1]["v"])
+    return _spread(finals) if len(finals) >= 2 else math.nan
+
+
+def initial_distance(run_dir: Path, nodes: Iterable[int]) -> float:
+    """Consensus distance among `nodes` at step 0 (their starting models)."""
+    first = []
+    for i in nodes:
+        rows = sketches(run_dir / f"node-{i}")
+        rows = rows[rows["step"] == 0]
+        if len(rows):
+            first.append(rows[0]["v"])
+    return _spread(first) if len(first) >= 2 else math.nan
+
+
+def max_step_gap(records: Sequence[dict[str, Any]], start: float = -math.inf, end: float = math.inf) -> float:
+    """The longest time between consecutive step records whose times lie in [start, end]
+    (records of one process life: a gap across a restart is not a stall)."""
+    times = [r["time"] for r in records if start <= r["time"] <= end]
+    return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from gossipfl.net.collect import collect, read_jsonl, read_sketches
-from gossipfl.net.faults import free_ports, topology_toml
+from gossipfl.net.testbed import free_ports, topology_toml
 from gossipfl.net.wire import ModelSpec
 
 DIM = 1000  # consensus: each node's model is one float32 vector of this length

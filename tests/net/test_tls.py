@@ -33,8 +33,8 @@ from typer.testing import CliRunner
 
 from gossipfl.cli import app
 from gossipfl.errors import ConfigError
+from gossipfl.net.tcp import TcpTransport, Timeouts
 from gossipfl.net.tls import TlsContexts, TlsFiles, TlsRefused, check_identity, load_tls, tls_files
-from gossipfl.net.transport import TcpTransport, Timeouts
 from gossipfl.net.wire import TAG_BYTES, Frame, ModelSpec, encode_frame, encode_head, payload_views
 
 KEY_TEXT = "tls-test-key-" + "0123456789abcdef" * 2  # the shared key: TLS comes on top of it
