@@ -4,17 +4,16 @@ The node runs any algorithm of the protocol (`gossipfl.learn.protocol`) through 
 `local` steps, then `send` to the out-neighbours of the round, then the combine on its mailbox,
 then `merge`; it never names an algorithm. Each tick (async mode) a node mixes in what its
 mailbox holds, takes `gossip_every` local steps, pushes its neighbours their shares, and mixes
-in what arrived meanwhile. JAX work for models of
-1M parameters or more runs in `trio.to_thread` so the event loop keeps serving the network;
-smaller models' steps take less time than a thread handoff and run on the loop (`threads`).
+in what arrived meanwhile. JAX work for models of 1M parameters or more runs in a worker thread
+so the event loop keeps serving the network (`threads`).
 
 A linear combine (weighted mean or push-sum) travels as push-sum with running sums (robust
 push-sum): node i, holding weight w_i and message m_i (its mass is w_i m_i), keeps, per
 neighbour j, the total mass it has ever pushed to j (sigma_ij, message and a scalar weight),
-and sends that total. The receiver remembers the last total it absorbed (rho_ij) and adds only the difference.
-So the mailbox needs only the newest frame per neighbour; a lost, duplicated or reordered frame
-changes nothing once a newer one arrives; and mass is conserved, so the network average of the
-messages is not biased by asynchrony. A neighbour that is down gets no share: its weight stays
+and sends that total. The receiver remembers the last total it absorbed (rho_ij) and adds only
+the difference. So the mailbox needs only the newest frame per neighbour; a lost, duplicated or
+reordered frame changes nothing once a newer one arrives; and mass is conserved, so the network
+average is not biased by asynchrony. A neighbour that is down gets no share: its weight stays
 with the node until the link is back, and nobody waits for it. A combine rule (clip, trim)
 instead takes the newest message of each neighbour heard from (`_mix_models`).
 
@@ -28,7 +27,6 @@ exactly the simulator's round.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -39,24 +37,20 @@ import numpy as np
 import trio
 
 from gossipfl.config import GossipOptions
-from gossipfl.metrics import write_json
-from gossipfl.net.collect import FINAL_STEP, sketch_dtype
 from gossipfl.net.nodefiles import NodeFiles, write_checkpoint
+from gossipfl.net.nodemetrics import NodeMetrics
 from gossipfl.net.transport import Transport
 from gossipfl.net.wire import FrameError, Stale, UnknownSender, encode_head, payload_views
 from gossipfl.net.workload import Workload
 
 log = logging.getLogger("gossipfl.net.node")
 
-# Below this many parameters a compiled step takes well under a millisecond, less than handing it
-# to a worker thread and back costs (measured: 4 nodes of the 4,810-parameter MLP ran 6x faster
-# inline), so "auto" runs such models on the event loop and larger ones in a thread.
+# Below this many parameters a step takes less than a handoff to a worker thread (measured: 4 nodes
+# of the 4,810-parameter MLP ran 6x faster inline), so "auto" runs them on the event loop.
 THREAD_MIN_PARAMETERS = 1_000_000
 MAX_UNACKED = 2  # async: shares in flight per link before a node keeps the next one
 SETTLE_PACE = 0.05  # seconds between exchanges while settling
 TransportFactory = Callable[[int, list[int], Any, Callable[[Any], None]], Transport]
-
-
 RunSync = Callable[..., Awaitable[Any]]
 
 
@@ -70,7 +64,7 @@ async def inline(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-class Node(NodeFiles):
+class Node(NodeFiles, NodeMetrics):
     """One gossip node. `await node.run()` trains `cfg.rounds` steps, keeps mixing (no training)
     until its neighbours have finished too, says goodbye, and returns its summary."""
 
@@ -397,95 +391,6 @@ class Node(NodeFiles):
             log.warning("node %d: no round-%d frame from %s within %.1f s; not waiting for them until they "
                         "send again", self.id, self.step, late, self.opts.sync_timeout)
             self._absent.update(late)
-
-    # ------------------------------------------------------------------ metrics
-
-    def model(self) -> Any:
-        """The model this node would deploy (push-sum's de-biased one: the state holds it)."""
-        return [np.asarray(a) for a in self.work.model(self.state)]
-
-    @property
-    def x(self) -> list[np.ndarray]:
-        """The push-sum mass this node holds: w times its message."""
-        return [self.w * np.asarray(a, np.float64) for a in self.work.send(self.state)]
-
-    @property
-    def accepted(self) -> int:
-        """Frames taken into the mailbox (every one came from a neighbour, so `inbound` has it)."""
-        return sum(c["received"] - c["rejected"] for c in self.inbound.values())
-
-    def counters(self, *, links: bool = False) -> dict[str, Any]:
-        """Frame counters for metrics. With `links`, per neighbour j (key str(j)):
-
-        - frames for j: `queued` = `written` + `dropped` (+ at most 2 waiting or being written
-          while the node runs; none once it has stopped), see `transport.PeerCounts`;
-        - frames from j: `received` = `accepted` + `rejected`, and `accepted` = `absorbed` +
-          `superseded` (replaced in the mailbox by a newer frame before it was mixed in, or left
-          there when the node stopped) + at most 1 waiting in the mailbox.
-
-        Across a link, what j wrote to this node and what this node received from j differ only
-        by frames in flight when the link broke or a node stopped. Refusals that cannot be pinned
-        on a neighbour (bad tag, broken framing, an unknown sender) are `rejected_unattributed`;
-        `rejected` counts every refusal by reason."""
-        stats = self.transport.stats
-        out = {"frames_sent": stats.frames_sent, "bytes_sent": stats.bytes_sent,
-               "frames_accepted": self.accepted, "bytes_received": stats.bytes_received,
-               "frames_replaced": stats.replaced, "rejected": dict(self.rejected)}
-        if links:
-            table = {}
-            for j in self.peers:
-                sent, got = stats.peer(j), self.inbound[j]
-                table[str(j)] = {"queued": sent.queued, "written": sent.written, "dropped": sent.dropped,
-                                 "received": got["received"], "accepted": got["received"] - got["rejected"],
-                                 "rejected": got["rejected"], "absorbed": got["absorbed"],
-                                 "superseded": got["superseded"]}
-            out["links"] = table
-            attributed = sum(g["rejected"] for g in self.inbound.values())
-            out["rejected_unattributed"] = sum(self.rejected.values()) - attributed
-            out["connections_refused"] = stats.connections_refused
-            out["connections_evicted"] = stats.connections_evicted
-        return out
-
-    async def _record(self, *, loss: Any, evaluate: bool, sketch: bool) -> None:
-        record: dict[str, Any] = {"step": self.step, "time": time.time(), "w": self.w,
-                                  **self.counters(links=evaluate)}
-        if loss is not None:
-            record["loss"] = float(loss)
-        evaluate = evaluate and self.work.evaluate is not None
-        model = self.model() if evaluate or sketch else None  # a host copy: not on every step
-        if evaluate:
-            test_loss, acc = await self.run_sync(
-                self.work.evaluate, model, self.dataset.x_test, self.dataset.y_test)
-            record.update(test_loss=float(test_loss), accuracy=float(acc))
-        self._log(record)
-        if sketch:
-            await self._write_sketch(self.step, record["time"], model)
-
-    async def _write_sketch(self, step: int, when: float, model: list[np.ndarray]) -> None:
-        vec = await self.run_sync(self.work.sketch, model)
-        row = np.zeros(1, sketch_dtype(self.work.sketch.dim))
-        row["step"], row["time"], row["v"] = step, when, vec
-        self._sketches.write(row.tobytes())
-
-    async def _finish(self, seconds: float) -> dict[str, Any]:
-        for j in [*self.mailbox, *self._held]:  # frames that came too late to be mixed in
-            self.inbound[j]["superseded"] += 1
-        self.mailbox, self._held = {}, {}
-        model = self.model()
-        await self._write_sketch(FINAL_STEP, time.time(), model)  # the model it leaves with, after settling
-        await self.run_sync(write_checkpoint, self.out / "final.npz",
-                            {f"z/{i}": a for i, a in enumerate(model)})
-        summary = {"id": self.id, "steps": self.step, "wall_seconds": seconds, "w": self.w,
-                   "resumed_from": self.resumed_from, "tls": self.transport.tls, **self.counters(links=True)}
-        if self.work.evaluate is not None:
-            test_loss, acc = await self.run_sync(
-                self.work.evaluate, model, self.dataset.x_test, self.dataset.y_test)
-            summary.update(accuracy=float(acc), test_loss=float(test_loss))
-        write_json(self.out / "summary.json", summary)
-        os.close(self._metrics)
-        self._sketches.close()
-        return summary
-
 
 
 def accumulate(sums: list[list[np.ndarray]], shares: list[float], x: list[Any]) -> None:
