@@ -224,7 +224,9 @@ def finalize(out: Path, net: Network, work: Any = None) -> dict[str, Any]:
         if path.exists():
             with np.load(path, allow_pickle=False) as z:
                 finals.append([z[f"z/{i}"] for i in range(len(z.files))])
-    summary["topology"].update(edges=net.topology.graph.number_of_edges(), weights=net.weights)
+    schedule = getattr(net.topology, "schedule", None)
+    summary["topology"].update(edges=net.topology.graph.number_of_edges(),
+                               weights=net.weights if schedule is None else f"the {schedule.spec} schedule's")
     summary["gossip"] = net.gossip.__dict__.copy()
     if finals:
         from gossipfl.net.workload import Workload
