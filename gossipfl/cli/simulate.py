@@ -70,9 +70,14 @@ def simulate(
     config: Path | None = typer.Option(
         None, "--config", "-c", help="TOML experiment config with the same keys as these flags; flags override it."
     ),
+    coordinator: str | None = typer.Option(
+        None, help="Span several processes or hosts: process 0's HOST:PORT (with --process-id, --num-processes)."),
+    process_id: int | None = typer.Option(None, help="This process's number, 0..P-1 (process 0 writes the run)."),
+    num_processes: int | None = typer.Option(None, help="How many processes run this simulation together."),
 ) -> None:
-    """Simulate N gossip nodes in one process; write metrics.jsonl, summary.json and plot.png."""
-    flags = {k: v for k, v in locals().items() if k != "config" and v is not None}
+    """Simulate N gossip nodes in one process (or several); write metrics.jsonl, summary.json and plot.png."""
+    dist = {"coordinator": coordinator, "process_id": process_id, "num_processes": num_processes}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "dist", *dist) and v is not None}
     from gossipfl.config import load_config, make_config, parse_attackers, parse_clip_tau
     from gossipfl.plot import plot_runs
     from gossipfl.sim.driver import simulate as run_simulation
@@ -84,6 +89,12 @@ def simulate(
     if "attackers" in flags:
         flags["attackers"] = parse_attackers(flags["attackers"])
     cfg = load_config(config, flags) if config else make_config(flags, source="flags")
+    from gossipfl.sim.distributed import join
+
+    if not join(**dist):  # before any JAX computation; processes other than 0 run silently
+        result = run_simulation(cfg)
+        console.print(f"process {process_id} of {num_processes} done; process 0 wrote {result.run_dir}")
+        return
 
     # The bar starts on the first report, after the config, graph and data have been checked,
     # so a rejected run prints only its error line.

@@ -16,7 +16,8 @@ import numpy as np
 
 from gossipfl.config import SimConfig
 from gossipfl.learn.mixing import consensus_distance
-from gossipfl.metrics import MetricsWriter, fit_rate
+from gossipfl.metrics import fit_rate
+from gossipfl.sim.distributed import metrics_writer, to_host
 from gossipfl.sim.prepare import Prepared, prepare
 
 Progress = Callable[[int, int, dict[str, Any]], None]
@@ -66,13 +67,13 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     carry, data = run.carry, run.data
     model = jax.jit(jax.vmap(run.task.algorithm.model))
     measure = jax.jit(lambda c: consensus_distance(jax.vmap(run.task.algorithm.model)(c.state)))
-    initial_mean = jax.tree.map(lambda x: np.mean(np.asarray(x, np.float64), axis=0), model(carry.state))
+    initial_mean = jax.tree.map(lambda x: np.mean(np.asarray(x, np.float64), axis=0), to_host(model(carry.state)))
 
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or run_name(cfg))
-    writer = MetricsWriter(run_dir)
-    first = {"round": 0, "consensus_distance": float(measure(carry))}
+    writer = metrics_writer(run_dir)  # only process 0 of a multi-process run writes
+    first = {"round": 0, "consensus_distance": float(to_host(measure(carry)))}
     if run.evaluate is not None:
-        first.update({k: float(v) for k, v in run.evaluate(carry, data).items()})
+        first.update({k: float(v) for k, v in to_host(run.evaluate(carry, data)).items()})
     records = [first]
     writer.write(first)
     if progress:
@@ -87,7 +88,7 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
         steps = min(cfg.eval_every - done % cfg.eval_every, cfg.rounds - done, run.max_chunk or cfg.rounds)
         tic = time.perf_counter()
         carry, (dist, loss) = run.advance(carry, done, steps)
-        dist, loss = np.asarray(dist), np.asarray(loss)
+        dist, loss = to_host((dist, loss))
         if steps in compiled:
             steady_rounds, steady_seconds = steady_rounds + steps, steady_seconds + time.perf_counter() - tic
         compiled.add(steps)
@@ -97,7 +98,7 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
             for rec, value in zip(chunk, loss, strict=True):
                 rec["train_loss"] = float(value)
         if run.evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.rounds):
-            chunk[-1].update({k: float(v) for k, v in run.evaluate(carry, data).items()})
+            chunk[-1].update({k: float(v) for k, v in to_host(run.evaluate(carry, data)).items()})
         for rec in chunk:
             writer.write(rec)
         records.extend(chunk)
@@ -106,10 +107,10 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     elapsed = time.perf_counter() - start
     summary = _summary(run, records, elapsed, steady_rounds, steady_seconds, run_dir)
     if not run.task.learning:
-        summary["final"]["mean_error"] = mean_error(model(carry.state), initial_mean)
-        summary["final"]["push_sum_weight_min"] = float(jnp.min(carry.weight))
+        summary["final"]["mean_error"] = mean_error(to_host(model(carry.state)), initial_mean)
+        summary["final"]["push_sum_weight_min"] = float(to_host(jnp.min(carry.weight)))
     writer.finish(summary)
-    final = jax.tree.map(np.asarray, model(carry.state))
+    final = to_host(model(carry.state))
     return SimResult(run_dir=run_dir, summary=summary, records=records, models=final)
 
 

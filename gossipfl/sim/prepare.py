@@ -31,6 +31,7 @@ from gossipfl.learn.mixing import NeighborLists, neighbor_lists
 from gossipfl.learn.robust import check_degrees
 from gossipfl.learn.task import Task
 from gossipfl.sim.byzantine import byzantine_info, make_tamper
+from gossipfl.sim.distributed import node_devices, place
 from gossipfl.sim.evaluation import make_evaluator
 from gossipfl.sim.rounds import Carry, make_chunk_runner
 
@@ -108,12 +109,11 @@ def _stack_lists(mats: list[np.ndarray], k: int) -> NeighborLists:
 
 def _node_sharding(n: int) -> NamedSharding | None:
     """Shards the node axis over as many JAX devices as divide N (None on one device)."""
-    devices = jax.devices()
-    count = max(d for d in range(1, len(devices) + 1) if n % d == 0)
-    if count == 1:
+    devices = node_devices(n)  # every process's, when the run spans several
+    if len(devices) == 1:
         return None
     # Auto axes: XLA propagates the node sharding through vmap, gathers and the mixing itself.
-    mesh = jax.make_mesh((count,), ("nodes",), devices=devices[:count], axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh((len(devices),), ("nodes",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
     return NamedSharding(mesh, PartitionSpec("nodes"))
 
 
@@ -178,8 +178,8 @@ def prepare(cfg: SimConfig) -> Prepared:
                                   lambda t: task.local_keys(t, jnp.arange(copies)), tamper=tamper, unroll=unroll)
     return Prepared(
         config=cfg, task=task, combine=combine, graph=graph, schedule=schedule, weights=weights, W=W,
-        spectrum=spectrum(W) if W is not None else None, carry=jax.device_put(carry, sharding),
-        data=jax.device_put(task.data_arrays(), replicated), kernel=kernel,
+        spectrum=spectrum(W) if W is not None else None, carry=place(carry, sharding),
+        data=place(task.data_arrays(), replicated), kernel=kernel,
         devices=1 if sharding is None else int(sharding.mesh.size), run_chunk=run_chunk,
         max_chunk=_UNROLLED_CHUNK if unroll else None, ops_for=_placed(ops_for, replicated), sample=sample,
         evaluate=make_evaluator(task, honest), info=info,
@@ -194,7 +194,7 @@ def _placed(ops_for: Callable[[int, int], tuple[Any, np.ndarray]], where: Any) -
         key = id(ops)
         if key not in cache:  # static operands are placed on the devices once
             cache.clear()
-            cache[key] = (ops, jax.device_put(ops, where))
+            cache[key] = (ops, place(ops, where))
         return cache[key][1], slots
 
     return placed
