@@ -193,14 +193,31 @@ _SHARDED = textwrap.dedent(
 
 
 def test_node_axis_sharded_over_four_devices_gives_the_same_result(tmp_path: Path) -> None:
-    def run(devices: int) -> dict:
+    def start(devices: int) -> subprocess.Popen:
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        proc = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path)], env=env,
-                              capture_output=True, text=True, timeout=300, check=True)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return subprocess.Popen([sys.executable, "-c", _SHARDED, str(tmp_path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    one, four = run(1), run(4)
+    def result(proc: subprocess.Popen) -> dict:
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"{proc.args[-1]}: still running after 300 s")
+        assert proc.returncode == 0, stderr
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    # both at once: each is mostly a JAX start and compilations, in separate processes anyway
+    procs = [start(1), start(4)]
+    try:
+        one, four = map(result, procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for algo in ("dpsgd", "consensus"):
         assert one[algo]["devices"] == 1 and four[algo]["devices"] == 4
         for a, b in zip(one[algo]["records"], four[algo]["records"], strict=True):
