@@ -74,7 +74,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
 
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins that fit the axis labels: tight_layout measures every text and takes about
+    # a third of a second, a tenth of a short run's whole time
+    rows = len(xkeys)
+    fig.subplots_adjust(left=0.075 if learning else 0.12, right=0.985, bottom=0.1 / rows,
+                        top=1 - (0.11 if title else 0.05) / rows, wspace=0.2, hspace=0.3)
     out = Path(out)
     if out.suffix.lower() != ".png":
         out = out.with_name(out.name + ".png")

@@ -120,6 +120,22 @@ def test_unknown_topology_subprocess():
     assert "rnig:16" in line and "accepted" in line and "ring:N" in line
 
 
+def test_simulate_keeps_compiled_programs_for_the_next_run(tmp_path):
+    """The second identical `gossipfl simulate` finds every program in the on-disk cache: it
+    compiles nothing new (start-up is mostly compilation otherwise)."""
+    cache = tmp_path / "cache"
+    args = ("simulate", "--algorithm", "consensus", "--topology", "ring:6", "--rounds", "12", "--dim", "5")
+    env = {**os.environ, "GOSSIPFL_CACHE_DIR": str(cache), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    entries = []
+    for i in range(2):
+        proc = subprocess.run([console_script(), *args, "--out", str(tmp_path / f"run{i}")], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        entries.append(sorted(p.name for p in (cache / "xla").iterdir()))
+    assert len(entries[0]) >= 3  # the round chunk, the distance, the model
+    assert entries[1] == entries[0]
+
+
 def test_unknown_topology():
     assert_friendly_error(invoke("simulate", "--topology", "rnig:16"), "'rnig:16'", "accepted", "ring:N", "torus:RxC")
 

@@ -31,7 +31,8 @@ def simulate(
         None,
         "--algorithm",
         "-a",
-        help="dpsgd (default), consensus (pure averaging of random vectors), centralized (the reference).",
+        help="dpsgd (default), sgp (D-PSGD with the push-sum combine, for directed graphs), consensus (pure averaging "
+        "of random vectors), push-sum (the same with push-sum weights), centralized (the reference).",
     ),
     dataset: str | None = typer.Option(
         None, help="digits (default), synthetic[:D:C], or a .npz with x_train, y_train, x_test, y_test."
@@ -78,6 +79,7 @@ def simulate(
     """Simulate N gossip nodes in one process (or several); write metrics.jsonl, summary.json and plot.png."""
     dist = {"coordinator": coordinator, "process_id": process_id, "num_processes": num_processes}
     flags = {k: v for k, v in locals().items() if k not in ("config", "dist", *dist) and v is not None}
+    from gossipfl.cache import enable_compile_cache
     from gossipfl.config import load_config, make_config, parse_attackers, parse_clip_tau
     from gossipfl.plot import plot_runs
     from gossipfl.sim.driver import simulate as run_simulation
@@ -89,6 +91,7 @@ def simulate(
     if "attackers" in flags:
         flags["attackers"] = parse_attackers(flags["attackers"])
     cfg = load_config(config, flags) if config else make_config(flags, source="flags")
+    enable_compile_cache()  # a second run of the same shapes skips XLA's compiles (see gossipfl.cache)
     from gossipfl.sim.distributed import join
 
     if not join(**dist):  # before any JAX computation; processes other than 0 run silently
