@@ -346,7 +346,7 @@ _STARTUP = {"default (ring:16 mlp, 1000 rounds)": [],
 
 def _startup_child(argv: list[str], out: str) -> None:
     """Runs what `gossipfl simulate` runs and prints its phases as JSON (see Part C)."""
-    import gossipfl.cli
+    import gossipfl.cli  # noqa: F401  (timed: what `gossipfl simulate` imports first)
     from gossipfl import cache
     from gossipfl.plot import plot_runs
     from gossipfl.sim import driver

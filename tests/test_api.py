@@ -31,7 +31,8 @@ def test_cli_help_does_not_import_jax() -> None:
 
 def test_launch_and_plot_modules_do_not_import_jax() -> None:
     """`gossipfl launch` waits on child processes: it must not hold a JAX runtime while it does."""
-    code = ("import sys, gossipfl.net.network, gossipfl.net.launch, gossipfl.net.collect, gossipfl.plot, gossipfl.net.auth; "
+    code = ("import sys, gossipfl.net.network, gossipfl.net.launch, gossipfl.net.collect, gossipfl.plot, "
+            "gossipfl.net.auth; "
             "print('jax' in sys.modules, 'flax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -140,7 +140,8 @@ class Workload:
             total = [w * x for x in own]
             for old, new in zip(rhos, inbox, strict=True):
                 total = [a + (n - o) for a, n, o in zip(total, new, old, strict=True)]
-            combined = jax.tree.unflatten(msg_def, [(a / w_new).astype(x.dtype) for a, x in zip(total, own, strict=True)])
+            combined = jax.tree.unflatten(
+                msg_def, [(a / w_new).astype(x.dtype) for a, x in zip(total, own, strict=True)])
             return jax.tree.leaves(algorithm.merge(tree(state), combined))
 
         @jax.jit

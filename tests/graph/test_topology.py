@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import gossipfl.graph.spectral as spectral
 import gossipfl.graph.topology as topology
-from gossipfl.graph import files as topofile
 from gossipfl.errors import GossipError, TopologyError, WeightError
+from gossipfl.graph import files as topofile
 from gossipfl.graph.topology import (
     NODE_KEYS,
     SPECS_HELP,

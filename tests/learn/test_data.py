@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gossipfl.errors import DataError, GossipError, PartitionError
 from gossipfl.learn.data import (
     DATASETS_HELP,
     MAX_CLASSES,
@@ -25,7 +26,6 @@ from gossipfl.learn.data import (
     partition,
     partition_summary,
 )
-from gossipfl.errors import DataError, GossipError, PartitionError
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gossipfl.errors import TopologyError, WeightError
+from gossipfl.graph.topology import WEIGHT_RULES, build_graph, mixing_matrix, spectrum
 from gossipfl.learn.mixing import (
     consensus_distance,
     mix_dense_jit,
@@ -20,7 +21,6 @@ from gossipfl.learn.mixing import (
     neighbor_lists,
     network_mean,
 )
-from gossipfl.graph.topology import WEIGHT_RULES, build_graph, mixing_matrix, spectrum
 
 SYMMETRIC_RULES = ("metropolis", "max-degree")
 

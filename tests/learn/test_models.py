@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from gossipfl.learn.data import Dataset, load_dataset
 from gossipfl.errors import ModelError
+from gossipfl.learn.data import Dataset, load_dataset
 from gossipfl.learn.models import CNN, MLP, MODELS, LogReg, make_model
 
 

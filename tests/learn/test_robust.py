@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from gossipfl import SimConfig, load_config, simulate
+from gossipfl.config import make_config
+from gossipfl.errors import ConfigError
+from gossipfl.graph.topology import build_graph, mixing_matrix
 from gossipfl.learn.attacks import (
     alie,
     alie_z_max,
@@ -26,8 +29,6 @@ from gossipfl.learn.attacks import (
     resolve_attackers,
     sign_flip,
 )
-from gossipfl.config import make_config
-from gossipfl.errors import ConfigError
 from gossipfl.learn.mixing import mix_one, neighbor_lists
 from gossipfl.learn.robust import (
     check_degrees,
@@ -39,7 +40,6 @@ from gossipfl.learn.robust import (
     trimmed_mean_sparse,
 )
 from gossipfl.sim.driver import prepare
-from gossipfl.graph.topology import build_graph, mixing_matrix
 
 
 def _tree(rng: np.random.Generator, lead: tuple[int, ...] = (), scale: float = 1.0) -> dict[str, jax.Array]:
@@ -324,8 +324,8 @@ def test_byzantine_keys_work_in_toml_and_as_flags(tmp_path: Path, monkeypatch: p
                                                                                         3.0)
     assert make_config(cfg.to_dict()) == cfg  # a summary's config round-trips
 
-    from gossipfl.sim import driver as sim
     from gossipfl.cli import app
+    from gossipfl.sim import driver as sim
 
     seen: list[SimConfig] = []
 

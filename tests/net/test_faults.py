@@ -631,8 +631,8 @@ def test_proxy_command_line(tmp_path):
     is stopped (Ctrl-C or SIGTERM)."""
     port, listen = free_ports(2)
     env = dict(os.environ)
-    bad = subprocess.run([sys.executable, "-m", "gossipfl.net.faults", "--target", f"127.0.0.1:{port}", "--loss", "1.5"],
-                         capture_output=True, text=True, timeout=60, env=env)
+    bad = subprocess.run([sys.executable, "-m", "gossipfl.net.faults", "--target", f"127.0.0.1:{port}",
+                          "--loss", "1.5"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2 and "loss must be a probability" in bad.stderr, bad.stderr
     proc = subprocess.Popen([sys.executable, "-m", "gossipfl.net.faults", "--target", f"127.0.0.1:{port}",
                              "--listen", f"127.0.0.1:{listen}"], stdout=subprocess.PIPE, text=True, env=env)

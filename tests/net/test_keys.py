@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import trio
 
-from gossipfl.net.auth import load_key
 from gossipfl.errors import ConfigError
+from gossipfl.net.auth import load_key
 from gossipfl.net.wire import (
     BadTag,
     ModelSpec,

@@ -21,13 +21,13 @@ import pytest
 import trio
 import trio.testing
 
-from gossipfl.net.collect import FINAL_STEP, collect, read_sketches
 from gossipfl.config import GossipOptions, make_config
 from gossipfl.errors import RunDirError
-from gossipfl.metrics import fit_rate
-from gossipfl.net.node import Node, inline, write_checkpoint
 from gossipfl.graph.spectral import spectrum
 from gossipfl.graph.topology import build_graph
+from gossipfl.metrics import fit_rate
+from gossipfl.net.collect import FINAL_STEP, collect, read_sketches
+from gossipfl.net.node import Node, inline, write_checkpoint
 from gossipfl.net.transport import MemoryNetwork
 from gossipfl.net.wire import encode_frame
 from gossipfl.net.workload import Workload

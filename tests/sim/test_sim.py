@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from gossipfl import SimConfig, load_config, simulate
+from gossipfl.graph.topology import build_graph, mixing_matrix, spectrum
 from gossipfl.metrics import fit_rate, load_run
 from gossipfl.sim.driver import prepare
-from gossipfl.graph.topology import build_graph, mixing_matrix, spectrum
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,10 @@ def test_a_topology_files_weights_apply_unless_overridden(tmp_path: Path) -> Non
     assert flag.summary["predicted_rate"] == pytest.approx(metropolis)
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("experiments/*.toml")), ids=lambda p: p.name)
+SHIPPED_CONFIGS = sorted(Path(__file__).resolve().parents[2].glob("experiments/*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_shipped_experiment_configs_load_and_run(tmp_path: Path, path: Path) -> None:
     cfg = load_config(path, {"rounds": 4, "eval_every": 2, "out": str(tmp_path / "run")})
     result = simulate(cfg)
