@@ -15,7 +15,8 @@ from gossipfl.graph.weights import WEIGHT_RULES
 
 # The names configs accept (the modules that implement them import these; this module stays free
 # of JAX so that launching and plotting start fast).
-ALGORITHMS: tuple[str, ...] = ("dpsgd", "sgp", "consensus", "push-sum", "centralized")  # see learn.algorithms
+# see learn.algorithms
+ALGORITHMS: tuple[str, ...] = ("dpsgd", "sgp", "gradient-tracking", "consensus", "push-sum", "centralized")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
@@ -33,7 +34,7 @@ class SimConfig:
     topology: str = "ring"  # inline spec (ring:16, torus:4x4, ...) or a topology file
     nodes: int | None = None  # size for specs that take one; 16 when neither gives it
     weights: str | None = None  # mixing-weight rule; a topology file's own rule, else metropolis
-    algorithm: str = "dpsgd"  # dpsgd | sgp | consensus | push-sum | centralized
+    algorithm: str = "dpsgd"  # dpsgd | sgp | gradient-tracking | consensus | push-sum | centralized
     dataset: str = "digits"  # digits | synthetic[:D:C] | path/to/data.npz
     partition: str = "iid"  # iid | dirichlet:ALPHA | shards:K
     model: str = "mlp"  # logreg | mlp | cnn

@@ -31,7 +31,8 @@ def simulate(
         None,
         "--algorithm",
         "-a",
-        help="dpsgd (default), sgp (D-PSGD with the push-sum combine, for directed graphs), consensus (pure averaging "
+        help="dpsgd (default), sgp (D-PSGD with the push-sum combine, for directed graphs), gradient-tracking (steps "
+        "along a gossiped estimate of the average gradient), consensus (pure averaging "
         "of random vectors), push-sum (the same with push-sum weights), centralized (the reference).",
     ),
     dataset: str | None = typer.Option(

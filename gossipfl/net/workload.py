@@ -39,7 +39,8 @@ class Workload:
         self.task = Task(cfg, self.n)
         if self.task.entry.centralized:
             raise ConfigError(f"{cfg.algorithm!r} is the simulator's reference run (gossipfl simulate); networked "
-                              "nodes run a decentralized algorithm: dpsgd, sgp, consensus or push-sum")
+                              "nodes run a decentralized algorithm: dpsgd, sgp, gradient-tracking, consensus or "
+                              "push-sum")
         if cfg.attack != "none":
             raise ConfigError(f"attack {cfg.attack!r} is simulated only (gossipfl simulate); networked nodes are "
                               "honest — set attack = 'none' (a robust rule, robust = 'clip' or 'trim', works on nodes)")
