@@ -29,8 +29,10 @@ CASES = {
                                  "lr": 0.1, "partition": "dirichlet:0.1"}),
     "push-sum-directed": ('generator = "directed-exponential"', 6,
                           {"algorithm": "push-sum", "dim": 64, "rounds": 20, "eval_every": 20}),
-    "sgp-one-peer": ('generator = "one-peer-exponential"', 4,
-                     {"algorithm": "sgp", "model": "logreg", "rounds": 20, "eval_every": 20, "lr": 0.1}),
+    # also local steps with the FedProx term: the wrapper every algorithm gets
+    "sgp-one-peer-local-prox": ('generator = "one-peer-exponential"', 4,
+                                {"algorithm": "sgp", "model": "logreg", "rounds": 20, "eval_every": 20, "lr": 0.1,
+                                 "local_steps": 3, "prox_mu": 0.1}),
 }
 
 
