@@ -23,7 +23,7 @@ def manual_steps(w0, xs, ys, lr, mu):
     """Plain SGD on squares + (mu/2)||w - w0||^2, one step per minibatch, by hand."""
     w = w0
     for x, y in zip(xs, ys, strict=True):
-        g = jax.grad(lambda w: squares({"w": w}, x, y) + 0.5 * mu * jnp.sum(jnp.square(w - w0)))(w)
+        g = jax.grad(lambda w, x=x, y=y: squares({"w": w}, x, y) + 0.5 * mu * jnp.sum(jnp.square(w - w0)))(w)
         w = w - lr * g
     return w
 
