@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gossipfl.learn.algorithms import NodeState as NodeState
     from gossipfl.learn.algorithms import consensus as consensus
     from gossipfl.learn.algorithms import dpsgd as dpsgd
+    from gossipfl.learn.algorithms import gradient_tracking as gradient_tracking
     from gossipfl.learn.attacks import make_attack as make_attack
     from gossipfl.learn.attacks import place_attackers as place_attackers
     from gossipfl.learn.combine import Combine as Combine
@@ -88,6 +89,7 @@ _EXPORTS: dict[str, str] = {
     "REGISTRY": "learn.algorithms",
     "consensus": "learn.algorithms",
     "dpsgd": "learn.algorithms",
+    "gradient_tracking": "learn.algorithms",
     "Task": "learn.task",
     "Schedule": "graph.schedule",
     "build_schedule": "graph.schedule",

@@ -15,7 +15,8 @@ from gossipfl.graph.weights import WEIGHT_RULES
 
 # The names configs accept (the modules that implement them import these; this module stays free
 # of JAX so that launching and plotting start fast).
-ALGORITHMS: tuple[str, ...] = ("dpsgd", "sgp", "consensus", "push-sum", "centralized")  # see learn.algorithms
+# see learn.algorithms
+ALGORITHMS: tuple[str, ...] = ("dpsgd", "sgp", "gradient-tracking", "consensus", "push-sum", "centralized")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
@@ -33,7 +34,7 @@ class SimConfig:
     topology: str = "ring"  # inline spec (ring:16, torus:4x4, ...) or a topology file
     nodes: int | None = None  # size for specs that take one; 16 when neither gives it
     weights: str | None = None  # mixing-weight rule; a topology file's own rule, else metropolis
-    algorithm: str = "dpsgd"  # dpsgd | sgp | consensus | push-sum | centralized
+    algorithm: str = "dpsgd"  # dpsgd | sgp | gradient-tracking | consensus | push-sum | centralized
     dataset: str = "digits"  # digits | synthetic[:D:C] | path/to/data.npz
     partition: str = "iid"  # iid | dirichlet:ALPHA | shards:K
     model: str = "mlp"  # logreg | mlp | cnn
@@ -41,7 +42,9 @@ class SimConfig:
     optimizer: str = "sgd"  # sgd | momentum | adam
     rounds: int = 1000
     lr: float = 0.1
-    batch_size: int = 32  # per node and round
+    batch_size: int = 32  # per node and local step
+    local_steps: int = 1  # local steps (each on its own minibatch) between two exchanges
+    prox_mu: float = 0.0  # FedProx: weight of (mu/2)||x - x_combined||^2 in every local step
     dim: int = 100  # consensus: length of each node's random vector
     eval_every: int = 10  # rounds between test-set evaluations
     mixing: str = "auto"  # auto | sparse | dense kernel
@@ -71,7 +74,7 @@ class SimConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("mixing", self.mixing, MIXING_FORMS)
         _check_choice("init", self.init, INIT_MODES)
-        for key in ("rounds", "batch_size", "dim", "eval_every", "hidden"):
+        for key in ("rounds", "batch_size", "local_steps", "dim", "eval_every", "hidden"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
@@ -81,6 +84,9 @@ class SimConfig:
         if (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
                 or not 0 < self.lr < math.inf):
             raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        if (isinstance(self.prox_mu, bool) or not isinstance(self.prox_mu, (int, float))
+                or not 0 <= self.prox_mu < math.inf):
+            raise ConfigError(f"prox_mu must be a finite number >= 0 (0: no proximal term), got {self.prox_mu!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
         self._check_byzantine()

@@ -27,6 +27,8 @@ DEFAULTS = {
     "rounds": 1000,
     "lr": 0.1,
     "batch_size": 32,
+    "local_steps": 1,
+    "prox_mu": 0.0,
     "dim": 100,
     "eval_every": 10,
     "mixing": "auto",

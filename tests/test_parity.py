@@ -24,10 +24,15 @@ CASES = {
                        {"algorithm": "consensus", "dim": 64, "rounds": 25, "eval_every": 25}),
     "dpsgd-ring": ('edges = [[0, 1], [1, 2], [2, 3], [3, 0]]\nweights = "metropolis"', 4,
                    {"algorithm": "dpsgd", "model": "logreg", "rounds": 25, "eval_every": 25, "lr": 0.1}),
+    "gradient-tracking-ring": ('edges = [[0, 1], [1, 2], [2, 3], [3, 0]]\nweights = "metropolis"', 4,
+                                {"algorithm": "gradient-tracking", "model": "logreg", "rounds": 25, "eval_every": 25,
+                                 "lr": 0.1, "partition": "dirichlet:0.1"}),
     "push-sum-directed": ('generator = "directed-exponential"', 6,
                           {"algorithm": "push-sum", "dim": 64, "rounds": 20, "eval_every": 20}),
-    "sgp-one-peer": ('generator = "one-peer-exponential"', 4,
-                     {"algorithm": "sgp", "model": "logreg", "rounds": 20, "eval_every": 20, "lr": 0.1}),
+    # also local steps with the FedProx term: the wrapper every algorithm gets
+    "sgp-one-peer-local-prox": ('generator = "one-peer-exponential"', 4,
+                                {"algorithm": "sgp", "model": "logreg", "rounds": 20, "eval_every": 20, "lr": 0.1,
+                                 "local_steps": 3, "prox_mu": 0.1}),
 }
 
 

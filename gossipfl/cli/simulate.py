@@ -31,7 +31,8 @@ def simulate(
         None,
         "--algorithm",
         "-a",
-        help="dpsgd (default), sgp (D-PSGD with the push-sum combine, for directed graphs), consensus (pure averaging "
+        help="dpsgd (default), sgp (D-PSGD with the push-sum combine, for directed graphs), gradient-tracking (steps "
+        "along a gossiped estimate of the average gradient), consensus (pure averaging "
         "of random vectors), push-sum (the same with push-sum weights), centralized (the reference).",
     ),
     dataset: str | None = typer.Option(
@@ -45,7 +46,12 @@ def simulate(
         None, "--rounds", "-r", help="Rounds (local step + mixing) to run (default 1000)."
     ),
     lr: float | None = typer.Option(None, help="Learning rate (default 0.1)."),
-    batch_size: int | None = typer.Option(None, help="Minibatch per node and round (default 32)."),
+    batch_size: int | None = typer.Option(None, help="Minibatch per node and local step (default 32)."),
+    local_steps: int | None = typer.Option(
+        None, help="Local steps between two exchanges, each on its own minibatch (default 1)."),
+    prox_mu: float | None = typer.Option(
+        None, help="FedProx proximal term: adds (mu/2)||x - last combined model||^2 to each local step's loss "
+        "(default 0: none)."),
     dim: int | None = typer.Option(None, help="consensus: length of each node's random vector (default 100)."),
     eval_every: int | None = typer.Option(None, help="Rounds between test evaluations (default 10)."),
     mixing: str | None = typer.Option(None, help="Mixing kernel: auto (default), sparse, dense."),

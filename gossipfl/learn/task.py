@@ -20,6 +20,7 @@ from flax import nnx
 from gossipfl.config import SimConfig
 from gossipfl.errors import DataError
 from gossipfl.learn import algorithms
+from gossipfl.learn.algorithms.local import with_local_steps
 from gossipfl.learn.data import Dataset, label_counts, load_dataset, pad_partitions, partition, partition_summary
 from gossipfl.learn.models import make_model
 from gossipfl.learn.objectives import classification_loss, evaluate, make_optimizer
@@ -55,7 +56,9 @@ class Task:
             # is several times faster than building the model op by op
             model = nnx.eval_shape(lambda: self._model(0))
             self.graphdef, template = nnx.split(model, nnx.Param)
-            self.algorithm = self.entry.make(classification_loss(self.graphdef), make_optimizer(cfg.optimizer, cfg.lr))
+            self.algorithm = with_local_steps(self.entry.make, classification_loss(self.graphdef),
+                                              make_optimizer(cfg.optimizer, cfg.lr), steps=cfg.local_steps,
+                                              prox_mu=cfg.prox_mu)
             self._init = jax.jit(lambda key: nnx.split(self._model(key), nnx.Param)[1])
             self.info: dict[str, Any] = {
                 "dataset": d.name, "train_examples": int(d.x_train.shape[0]), "test_examples": int(d.x_test.shape[0]),
@@ -111,13 +114,15 @@ class Task:
         return jax.vmap(lambda i: jax.random.fold_in(base, i))(nodes)
 
     def picks(self, t: jax.Array | int, lengths: jax.Array) -> jax.Array:
-        """Every node's minibatch at round t, as positions into its own examples: int (N, b).
+        """Every node's minibatches at round t, as positions into its own examples: int (N, K*b)
+        for K = `local_steps` (consecutive runs of b are the round's K minibatches).
 
-        Each node draws `batch_size` of its examples with replacement. The draw for all N nodes
+        Each node draws `batch_size * local_steps` of its examples with replacement. The draw for all N nodes
         is one call on the round's key, and row i depends only on node i's count, so a node can
         draw its own row alone (with its own count, if it holds other data).
         """
-        return jax.random.randint(self.round_key(t), (self.n, self.cfg.batch_size), 0, lengths[:, None])
+        shape = (self.n, self.cfg.batch_size * self.cfg.local_steps)
+        return jax.random.randint(self.round_key(t), shape, 0, lengths[:, None])
 
     def data_arrays(self) -> dict[str, Any]:
         """The arrays the simulator's compiled round takes as arguments (not as baked-in

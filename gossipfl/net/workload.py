@@ -39,7 +39,8 @@ class Workload:
         self.task = Task(cfg, self.n)
         if self.task.entry.centralized:
             raise ConfigError(f"{cfg.algorithm!r} is the simulator's reference run (gossipfl simulate); networked "
-                              "nodes run a decentralized algorithm: dpsgd, sgp, consensus or push-sum")
+                              "nodes run a decentralized algorithm: dpsgd, sgp, gradient-tracking, consensus or "
+                              "push-sum")
         if cfg.attack != "none":
             raise ConfigError(f"attack {cfg.attack!r} is simulated only (gossipfl simulate); networked nodes are "
                               "honest — set attack = 'none' (a robust rule, robust = 'clip' or 'trim', works on nodes)")
@@ -86,7 +87,10 @@ class Workload:
         node starts, so a node's first steps are not spent compiling while its neighbours gossip."""
         s = self.initial_state(0)
         zeros = self.zeros()
-        jax.block_until_ready(self.local(s, np.zeros((1,), np.int32), 0, *self.batch(0, np.zeros((1, 1), np.int64))))
+        # one step's real minibatch shape, so this is the very program the first step runs
+        per_step = self.task.cfg.batch_size * self.task.cfg.local_steps
+        jax.block_until_ready(self.local(s, np.zeros((1,), np.int32), 0,
+                                         *self.batch(0, np.zeros((1, per_step), np.int64))))
         jax.block_until_ready(self.send(s))
         if self.learning:
             jax.block_until_ready(self.evaluate(self.model(s), self.dataset.x_test, self.dataset.y_test))
@@ -97,8 +101,9 @@ class Workload:
                 jax.block_until_ready(self.mix_rule(s, [zeros] * k, np.zeros(k, np.float32)))
 
     def picks(self, node: int, steps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Node `node`'s minibatch positions for the given steps: (len(steps), batch_size), the
-        simulator's draws for that node (`lengths`: every node's example count, its own in its row)."""
+        """Node `node`'s minibatch positions for the given steps: (len(steps), batch_size *
+        local_steps), the simulator's draws for that node (`lengths`: every node's example count,
+        its own in its row)."""
         return np.asarray(self._picks(jnp.asarray(steps), jnp.asarray(lengths), node))
 
     def batch(self, node: int, indices: np.ndarray) -> tuple[Any, Any]:

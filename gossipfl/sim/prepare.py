@@ -157,10 +157,11 @@ def prepare(cfg: SimConfig) -> Prepared:
     def sample(data: dict[str, jax.Array], t: jax.Array) -> Any:
         if not task.learning:
             return jnp.zeros((copies,))
-        # Each node draws b of its examples; the centralized reference sees the very same n*b.
+        # Each node draws K*b of its examples; the centralized reference sees the very same ones,
+        # its k-th local step on every node's k-th minibatch (n*b examples).
         pick = jnp.take_along_axis(data["idx"], task.picks(t, data["lengths"]), axis=1)
         if centralized:
-            pick = pick.reshape(1, n * b)
+            pick = pick.reshape(n, cfg.local_steps, b).transpose(1, 0, 2).reshape(1, -1)
         return data["x_train"][pick], data["y_train"][pick]
 
     tamper, info = None, dict(task.info)

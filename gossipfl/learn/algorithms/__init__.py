@@ -16,11 +16,13 @@ from gossipfl.config import ALGORITHMS
 from gossipfl.errors import ConfigError
 from gossipfl.learn.algorithms.consensus import consensus
 from gossipfl.learn.algorithms.sgd import NodeState, dpsgd
+from gossipfl.learn.algorithms.tracking import TrackingState, gradient_tracking
 from gossipfl.learn.combine import Combine, push_sum, robust_combine, weighted_mean
 from gossipfl.learn.objectives import LossFn
 from gossipfl.learn.protocol import Algorithm
 
-__all__ = ["REGISTRY", "Entry", "NodeState", "consensus", "dpsgd", "lookup", "resolve"]
+__all__ = ["REGISTRY", "Entry", "NodeState", "TrackingState", "consensus", "dpsgd", "gradient_tracking", "lookup",
+           "resolve"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Entry:
 REGISTRY: dict[str, Entry] = {
     "dpsgd": Entry(dpsgd, weighted_mean, True, "D-PSGD: a local SGD step, then the weighted mean of neighbours"),
     "sgp": Entry(dpsgd, push_sum, True, "Stochastic Gradient Push: local SGD steps + push-sum (directed graphs)"),
+    "gradient-tracking": Entry(gradient_tracking, weighted_mean, True,
+                               "gradient tracking (DSGT): steps along a gossiped estimate of the average gradient"),
     "consensus": Entry(lambda loss, opt: consensus(), weighted_mean, False,
                        "pure averaging of random vectors (weighted mean)"),
     "push-sum": Entry(lambda loss, opt: consensus(), push_sum, False,
