@@ -38,7 +38,8 @@ _ACCEPTED_DATASETS = (
 DATASETS_HELP: str = (
     "Dataset: 'digits' (scikit-learn's bundled 8x8 handwritten digits, 10 classes, "
     "1437 train / 360 test by default); 'mnist1d' (MNIST-1D generated locally: 1-D signals of length "
-    "40, 10 classes, 4000 train / 1000 test, much harder for small models); 'synthetic' or 'synthetic:D:C' (a seeded, noise-free "
+    "40, 10 classes, 4000 train / 1000 test, much harder for small models); 'synthetic' or "
+    "'synthetic:D:C' (a seeded, noise-free "
     "linear teacher task in D dims with C classes, default 32 dims and 10 classes, 4000 train / "
     "1000 test, best accuracy 1.0); or a path to a .npz file holding x_train, y_train, x_test, "
     "y_test (integer labels 0..C-1; uint8 images are scaled to [0, 1]; pickled arrays are refused)."
