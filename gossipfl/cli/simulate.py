@@ -36,7 +36,8 @@ def simulate(
         "of random vectors), push-sum (the same with push-sum weights), centralized (the reference).",
     ),
     dataset: str | None = typer.Option(
-        None, help="digits (default), synthetic[:D:C], or a .npz with x_train, y_train, x_test, y_test."
+        None, help="digits (default), mnist1d (1-D signals, harder), synthetic[:D:C], or a .npz with x_train, "
+        "y_train, x_test, y_test."
     ),
     partition: str | None = typer.Option(None, help="iid (default), dirichlet:ALPHA (label skew), shards:K."),
     model: str | None = typer.Option(None, help="logreg, mlp (default), cnn."),

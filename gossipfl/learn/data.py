@@ -1,5 +1,6 @@
-"""Datasets (offline only): scikit-learn's digits (its split cached), a seeded synthetic teacher
-task, or a user's .npz file, each checked and loaded as a `Dataset`.
+"""Datasets (offline only): scikit-learn's digits (its split cached), MNIST-1D generated locally
+(`gossipfl.learn.mnist1d`), a seeded synthetic teacher task, or a user's .npz file, each checked
+and loaded as a `Dataset`.
 
 The partitioners that deal a dataset's training examples out to nodes are in
 `gossipfl.learn.partitions`; they are re-exported here for existing callers.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gossipfl.cache import cache_dir
+from gossipfl.cache import cache_dir, save_arrays
 from gossipfl.errors import DataError
 from gossipfl.learn.partitions import MAX_CLASSES as MAX_CLASSES
 from gossipfl.learn.partitions import PARTITIONS_HELP as PARTITIONS_HELP
@@ -31,12 +32,14 @@ MAX_SYNTHETIC_DIMS: int = 4096
 MAX_SYNTHETIC_CLASSES: int = 1024
 
 _ACCEPTED_DATASETS = (
-    "digits, synthetic[:D:C], or a path to a .npz file with x_train, y_train, x_test, y_test"
+    "digits, mnist1d, synthetic[:D:C], or a path to a .npz file with x_train, y_train, x_test, y_test"
 )
 
 DATASETS_HELP: str = (
     "Dataset: 'digits' (scikit-learn's bundled 8x8 handwritten digits, 10 classes, "
-    "1437 train / 360 test by default); 'synthetic' or 'synthetic:D:C' (a seeded, noise-free "
+    "1437 train / 360 test by default); 'mnist1d' (MNIST-1D generated locally: 1-D signals of length "
+    "40, 10 classes, 4000 train / 1000 test, much harder for small models); 'synthetic' or "
+    "'synthetic:D:C' (a seeded, noise-free "
     "linear teacher task in D dims with C classes, default 32 dims and 10 classes, 4000 train / "
     "1000 test, best accuracy 1.0); or a path to a .npz file holding x_train, y_train, x_test, "
     "y_test (integer labels 0..C-1; uint8 images are scaled to [0, 1]; pickled arrays are refused)."
@@ -77,6 +80,10 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
     _check_seed(seed, DataError)
     if name == "digits":
         return _load_digits(seed=seed, test_fraction=test_fraction)
+    if name == "mnist1d":
+        from gossipfl.learn.mnist1d import load_mnist1d
+
+        return Dataset(name="mnist1d", num_classes=10, input_shape=(40, 1), **load_mnist1d())
     if name == "synthetic" or name.startswith("synthetic:"):
         dims, classes = _parse_synthetic(name)
         return make_synthetic(dims, classes, seed=seed, name=name)
@@ -115,23 +122,11 @@ def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
             f"test_fraction {test_fraction} leaves too few digits for a stratified split; "
             "accepted: a fraction leaving >= 10 examples (one per class) in each split, e.g. 0.2"
         ) from e
-    _save_quietly(cached, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    save_arrays(cached, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
     return Dataset(
         name="digits", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
         num_classes=10, input_shape=(8, 8, 1),
     )
-
-
-def _save_quietly(path: Path, **arrays: np.ndarray) -> None:
-    """Writes a cache file atomically; a cache that cannot be written is skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def _parse_synthetic(name: str) -> tuple[int, int]:

@@ -43,18 +43,20 @@ class MLP(nnx.Module):
 
 
 class CNN(nnx.Module):
-    """Conv(16, 3x3), relu, 2x2 average pool, Conv(32, 3x3), relu, global average pool, linear."""
+    """Conv(16, 3x3), relu, 2x2 average pool, Conv(32, 3x3), relu, global average pool, linear;
+    on 1-D signals (L, C) the same with kernels of 3 and a pool of 2 (`spatial` = 1)."""
 
-    def __init__(self, channels: int, num_classes: int, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(channels, 16, kernel_size=(3, 3), rngs=rngs)
-        self.conv2 = nnx.Conv(16, 32, kernel_size=(3, 3), rngs=rngs)
+    def __init__(self, channels: int, num_classes: int, *, spatial: int = 2, rngs: nnx.Rngs):
+        self.spatial = spatial
+        self.conv1 = nnx.Conv(channels, 16, kernel_size=(3,) * spatial, rngs=rngs)
+        self.conv2 = nnx.Conv(16, 32, kernel_size=(3,) * spatial, rngs=rngs)
         self.out = nnx.Linear(32, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nnx.relu(self.conv1(x))
-        x = nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = nnx.avg_pool(x, window_shape=(2,) * self.spatial, strides=(2,) * self.spatial)
         x = nnx.relu(self.conv2(x))
-        return self.out(jnp.mean(x, axis=(1, 2)))
+        return self.out(jnp.mean(x, axis=tuple(range(1, 1 + self.spatial))))
 
 
 def make_model(
@@ -84,15 +86,15 @@ def make_model(
             raise ModelError(f"bad hidden width {hidden}; accepted: an integer >= 1")
         return MLP(math.prod(shape), num_classes, hidden=hidden, rngs=rngs)
     if name == "cnn":
-        if len(shape) != 3:
+        if len(shape) not in (2, 3):
             raise ModelError(
-                f"model 'cnn' needs image inputs (H, W, C); dataset {dataset!r} has "
+                f"model 'cnn' needs images (H, W, C) or signals (L, C); dataset {dataset!r} has "
                 f"{'flat ' if len(shape) == 1 else ''}inputs of shape {shape} — use logreg or mlp"
             )
-        if shape[0] < 2 or shape[1] < 2:
+        if min(shape[:-1]) < 2:
             raise ModelError(
-                f"model 'cnn' needs images at least 2x2; dataset {dataset!r} has inputs of "
-                f"shape {shape} — use logreg or mlp"
+                f"model 'cnn' needs images at least 2x2 (signals at least 2 long); dataset {dataset!r} "
+                f"has inputs of shape {shape} — use logreg or mlp"
             )
-        return CNN(shape[2], num_classes, rngs=rngs)
+        return CNN(shape[-1], num_classes, spatial=len(shape) - 1, rngs=rngs)
     raise ModelError(f"unknown model {name!r}; accepted: {', '.join(MODELS)}")

@@ -101,7 +101,7 @@ def test_unknown_dataset() -> None:
     with pytest.raises(DataError) as err:
         load_dataset("foo")
     assert _one_line(err) == (
-        "unknown dataset 'foo'; accepted: digits, synthetic[:D:C], or a path to a .npz file "
+        "unknown dataset 'foo'; accepted: digits, mnist1d, synthetic[:D:C], or a path to a .npz file "
         "with x_train, y_train, x_test, y_test"
     )
 

@@ -56,7 +56,7 @@ def test_cnn_on_flat_inputs_is_refused() -> None:
     with pytest.raises(ModelError) as err:
         make_model("cnn", (32,), 10, dataset="synthetic")
     assert str(err.value) == (
-        "model 'cnn' needs image inputs (H, W, C); dataset 'synthetic' has flat inputs of "
+        "model 'cnn' needs images (H, W, C) or signals (L, C); dataset 'synthetic' has flat inputs of "
         "shape (32,) — use logreg or mlp"
     )
 
