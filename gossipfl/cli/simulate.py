@@ -39,7 +39,8 @@ def simulate(
         None, help="digits (default), mnist1d (1-D signals, harder), synthetic[:D:C], or a .npz with x_train, "
         "y_train, x_test, y_test."
     ),
-    partition: str | None = typer.Option(None, help="iid (default), dirichlet:ALPHA (label skew), shards:K."),
+    partition: str | None = typer.Option(
+        None, help="iid (default), dirichlet:ALPHA (label skew), shards:K, quantity:SIGMA (log-normal sizes)."),
     model: str | None = typer.Option(None, help="logreg, mlp (default), cnn."),
     hidden: int | None = typer.Option(None, help="Hidden width of the MLP (default 64)."),
     optimizer: str | None = typer.Option(None, help="Local optimizer: sgd (default), momentum, adam."),

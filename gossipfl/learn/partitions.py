@@ -1,4 +1,5 @@
-"""Partitioners: how training examples are dealt out to nodes (iid, dirichlet:ALPHA, shards:K),
+"""Partitioners: how training examples are dealt out to nodes (iid, dirichlet:ALPHA, shards:K,
+quantity:SIGMA),
 and the per-node label counts and padding the simulator uses.
 
 The datasets whose labels they deal are in `gossipfl.learn.data`, which re-exports every name here.
@@ -16,14 +17,16 @@ MAX_CLASSES: int = 65536  # labels must lie in 0..MAX_CLASSES-1; keeps one-hot/h
 _MAX_SEED = 2**32  # the range scikit-learn and the config accept: 0..2**32-1
 
 _ACCEPTED_PARTITIONS = (
-    "iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), shards:K (K >= 1, e.g. shards:2)"
+    "iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), shards:K (K >= 1, e.g. shards:2), "
+    "quantity:SIGMA (0 < SIGMA <= 10, e.g. quantity:1)"
 )
 
 PARTITIONS_HELP: str = (
     "Partition: 'iid' (shuffle and split evenly); 'dirichlet:ALPHA' (label skew: each class is "
     "split across nodes in Dirichlet(ALPHA) proportions, small ALPHA such as 0.1 leaves most "
     "nodes with one or two classes); 'shards:K' (sort by label, cut into nodes*K equal shards "
-    "and give each node K of them, as in McMahan et al.). Every node gets at least one example."
+    "and give each node K of them, as in McMahan et al.); 'quantity:SIGMA' (quantity skew: IID labels, "
+    "node sizes proportional to log-normal(0, SIGMA) draws). Every node gets at least one example."
 )
 
 
@@ -47,7 +50,8 @@ def _check_num_classes(num_classes: object) -> int:
 def partition(
     y: np.ndarray, n_nodes: int, spec: str = "iid", *, seed: int = 0, num_classes: int | None = None
 ) -> list[np.ndarray]:
-    """Deal training examples to `n_nodes` nodes by `spec`: iid, dirichlet:ALPHA or shards:K.
+    """Deal training examples to `n_nodes` nodes by `spec`: iid, dirichlet:ALPHA, shards:K or
+    quantity:SIGMA.
 
     Returns one sorted int64 index array per node; every node gets at least one example and no
     example goes to two nodes.
@@ -76,6 +80,8 @@ def partition(
     elif kind == "dirichlet":
         classes = _num_classes(y, num_classes)
         parts = _dirichlet(y, n_nodes, value, classes, rng)
+    elif kind == "quantity":
+        parts = _quantity(n, n_nodes, value, rng)
     else:
         parts = _shards(y, n_nodes, int(value), rng)
     return [np.sort(p).astype(np.int64) for p in parts]
@@ -94,6 +100,10 @@ def _parse_partition(spec: str) -> tuple[str, float]:
             k = int(arg)
             if k >= 1:
                 return "shards", float(k)
+        if kind == "quantity":
+            sigma = float(arg)
+            if math.isfinite(sigma) and 0 < sigma <= 10:
+                return "quantity", sigma
     except ValueError:
         pass
     raise PartitionError(f"bad partition {spec!r}; accepted: {_ACCEPTED_PARTITIONS}")
@@ -137,6 +147,14 @@ def _dirichlet(
             big = int(np.argmax([len(p) for p in parts]))
             parts[node], parts[big] = parts[big][-1:], parts[big][:-1]
     return parts
+
+
+def _quantity(n: int, n_nodes: int, sigma: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """IID examples, node i getting a share proportional to a log-normal(0, sigma) draw (at least 1)."""
+    share = rng.lognormal(0.0, sigma, n_nodes)
+    extra = np.floor(share / share.sum() * (n - n_nodes)).astype(np.int64)
+    extra[np.argsort(-share)[: n - n_nodes - int(extra.sum())]] += 1  # the rounding remainder
+    return np.split(rng.permutation(n), np.cumsum(1 + extra)[:-1])
 
 
 def _shards(y: np.ndarray, n_nodes: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -375,9 +375,11 @@ def _problem(draw: st.DrawFn) -> tuple[np.ndarray, int, str, int]:
     n_nodes = draw(st.integers(2, min(n, 64)))
     seed = draw(st.integers(0, 2**31 - 1))
     y = np.random.default_rng(seed).integers(0, 10, n)
-    kind = draw(st.sampled_from(["iid", "dirichlet", "shards"]))
+    kind = draw(st.sampled_from(["iid", "dirichlet", "shards", "quantity"]))
     if kind == "dirichlet":
         spec = f"dirichlet:{draw(st.floats(0.05, 10.0))}"
+    elif kind == "quantity":
+        spec = f"quantity:{draw(st.floats(0.05, 10.0))}"
     elif kind == "shards":
         spec = f"shards:{draw(st.integers(1, min(3, n // n_nodes)))}"
     else:
@@ -400,13 +402,26 @@ def test_partitions_are_valid(problem: tuple[np.ndarray, int, str, int]) -> None
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-@pytest.mark.parametrize("spec", ["iid", "dirichlet:0.3", "shards:2"])
+@pytest.mark.parametrize("spec", ["iid", "dirichlet:0.3", "shards:2", "quantity:1"])
 def test_partition_is_seeded(digits: Dataset, spec: str) -> None:
     a = partition(digits.y_train, 10, spec, seed=7)
     b = partition(digits.y_train, 10, spec, seed=7)
     c = partition(digits.y_train, 10, spec, seed=8)
     assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
     assert not all(np.array_equal(p, q) for p, q in zip(a, c, strict=True))
+
+
+def test_quantity_skews_sizes_not_labels(digits: Dataset) -> None:
+    def spread(spec: str) -> tuple[float, float]:
+        parts = partition(digits.y_train, 16, spec, seed=0)
+        sizes = np.array([len(p) for p in parts])
+        counts = label_counts(digits.y_train, parts, 10)
+        big = counts[np.argmax(sizes)]  # the largest node's label mix stays close to uniform
+        return float(sizes.std() / sizes.mean()), float(big.max() / big.sum())
+
+    (cv_small, _), (cv_big, top_share) = spread("quantity:0.3"), spread("quantity:2")
+    assert 0.1 < cv_small < cv_big and cv_big > 1.0
+    assert top_share < 0.2
 
 
 def test_dirichlet_skews_labels(digits: Dataset) -> None:
@@ -509,14 +524,15 @@ def test_shards_limit_classes(digits: Dataset) -> None:
 
 @pytest.mark.parametrize(
     "spec", ["dirichlet:-1", "dirichlet:abc", "dirichlet:0", "dirichlet:nan", "dirichlet",
-             "shards:0", "shards:1.5", "shards", "foo", "iid:2", ""]
+             "shards:0", "shards:1.5", "shards", "foo", "iid:2", "", "quantity:0", "quantity:-1",
+             "quantity:inf", "quantity:11", "quantity"]
 )
 def test_bad_partition_spec(spec: str) -> None:
     with pytest.raises(PartitionError) as err:
         partition(np.arange(100) % 10, 4, spec)
     assert _one_line(err) == (
         f"bad partition {spec!r}; accepted: iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), "
-        "shards:K (K >= 1, e.g. shards:2)"
+        "shards:K (K >= 1, e.g. shards:2), quantity:SIGMA (0 < SIGMA <= 10, e.g. quantity:1)"
     )
 
 
