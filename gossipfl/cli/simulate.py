@@ -36,11 +36,12 @@ def simulate(
         "of random vectors), push-sum (the same with push-sum weights), centralized (the reference).",
     ),
     dataset: str | None = typer.Option(
-        None, help="digits (default), mnist1d (1-D signals, harder), synthetic[:D:C], or a .npz with x_train, "
-        "y_train, x_test, y_test."
+        None, help="digits (default), mnist1d (1-D signals, harder), synthetic[:D:C], leaf-synthetic:ALPHA:BETA "
+        "(LEAF's heterogeneous devices), or a .npz with x_train, y_train, x_test, y_test."
     ),
     partition: str | None = typer.Option(
-        None, help="iid (default), dirichlet:ALPHA (label skew), shards:K, quantity:SIGMA (log-normal sizes)."),
+        None, help="iid (default), dirichlet:ALPHA (label skew), shards:K, quantity:SIGMA (log-normal sizes), "
+        "natural (leaf-synthetic's own devices)."),
     model: str | None = typer.Option(None, help="logreg, mlp (default), cnn."),
     hidden: int | None = typer.Option(None, help="Hidden width of the MLP (default 64)."),
     optimizer: str | None = typer.Option(None, help="Local optimizer: sgd (default), momentum, adam."),

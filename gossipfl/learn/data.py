@@ -32,7 +32,8 @@ MAX_SYNTHETIC_DIMS: int = 4096
 MAX_SYNTHETIC_CLASSES: int = 1024
 
 _ACCEPTED_DATASETS = (
-    "digits, mnist1d, synthetic[:D:C], or a path to a .npz file with x_train, y_train, x_test, y_test"
+    "digits, mnist1d, synthetic[:D:C], leaf-synthetic:ALPHA:BETA, or a path to a .npz file with x_train, "
+    "y_train, x_test, y_test"
 )
 
 DATASETS_HELP: str = (
@@ -58,6 +59,7 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     optimum_accuracy: float | None = None
+    owners: np.ndarray | None = None  # device of each training example, for the `natural` partition
 
 
 def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
@@ -84,6 +86,11 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
         from gossipfl.learn.mnist1d import load_mnist1d
 
         return Dataset(name="mnist1d", num_classes=10, input_shape=(40, 1), **load_mnist1d())
+    if name.startswith("leaf-synthetic"):
+        from gossipfl.learn.leaf import DIMS, make_leaf_synthetic
+
+        alpha, beta = _parse_leaf(name)
+        return Dataset(name=name, num_classes=10, input_shape=(DIMS,), **make_leaf_synthetic(alpha, beta, seed=seed))
     if name == "synthetic" or name.startswith("synthetic:"):
         dims, classes = _parse_synthetic(name)
         return make_synthetic(dims, classes, seed=seed, name=name)
@@ -127,6 +134,19 @@ def _load_digits(*, seed: int, test_fraction: float) -> Dataset:
         name="digits", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
         num_classes=10, input_shape=(8, 8, 1),
     )
+
+
+def _parse_leaf(name: str) -> tuple[float, float]:
+    parts = name.split(":")
+    try:
+        alpha, beta = float(parts[1]), float(parts[2])
+        ok = len(parts) == 3 and parts[0] == "leaf-synthetic" and 0 <= alpha <= 100 and 0 <= beta <= 100
+    except (ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise DataError(f"bad dataset {name!r}; accepted: leaf-synthetic:ALPHA:BETA with 0 <= ALPHA, BETA <= 100 "
+                        "(how much devices differ in their model and in their inputs), e.g. leaf-synthetic:1:1")
+    return alpha, beta
 
 
 def _parse_synthetic(name: str) -> tuple[int, int]:

@@ -18,7 +18,7 @@ _MAX_SEED = 2**32  # the range scikit-learn and the config accept: 0..2**32-1
 
 _ACCEPTED_PARTITIONS = (
     "iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), shards:K (K >= 1, e.g. shards:2), "
-    "quantity:SIGMA (0 < SIGMA <= 10, e.g. quantity:1)"
+    "quantity:SIGMA (0 < SIGMA <= 10, e.g. quantity:1), natural (a dataset's own devices)"
 )
 
 PARTITIONS_HELP: str = (
@@ -26,7 +26,8 @@ PARTITIONS_HELP: str = (
     "split across nodes in Dirichlet(ALPHA) proportions, small ALPHA such as 0.1 leaves most "
     "nodes with one or two classes); 'shards:K' (sort by label, cut into nodes*K equal shards "
     "and give each node K of them, as in McMahan et al.); 'quantity:SIGMA' (quantity skew: IID labels, "
-    "node sizes proportional to log-normal(0, SIGMA) draws). Every node gets at least one example."
+    "node sizes proportional to log-normal(0, SIGMA) draws); 'natural' (a dataset that comes in devices, "
+    "leaf-synthetic: device k to node k mod N). Every node gets at least one example."
 )
 
 
@@ -48,7 +49,8 @@ def _check_num_classes(num_classes: object) -> int:
 
 
 def partition(
-    y: np.ndarray, n_nodes: int, spec: str = "iid", *, seed: int = 0, num_classes: int | None = None
+    y: np.ndarray, n_nodes: int, spec: str = "iid", *, seed: int = 0, num_classes: int | None = None,
+    owners: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Deal training examples to `n_nodes` nodes by `spec`: iid, dirichlet:ALPHA, shards:K or
     quantity:SIGMA.
@@ -80,6 +82,8 @@ def partition(
     elif kind == "dirichlet":
         classes = _num_classes(y, num_classes)
         parts = _dirichlet(y, n_nodes, value, classes, rng)
+    elif kind == "natural":
+        parts = _natural(owners, n_nodes)
     elif kind == "quantity":
         parts = _quantity(n, n_nodes, value, rng)
     else:
@@ -90,8 +94,8 @@ def partition(
 def _parse_partition(spec: str) -> tuple[str, float]:
     kind, _, arg = str(spec).partition(":")
     try:
-        if kind == "iid" and not arg and ":" not in str(spec):
-            return "iid", 0.0
+        if kind in ("iid", "natural") and not arg and ":" not in str(spec):
+            return kind, 0.0
         if kind == "dirichlet":
             alpha = float(arg)
             if math.isfinite(alpha) and alpha > 0:
@@ -147,6 +151,18 @@ def _dirichlet(
             big = int(np.argmax([len(p) for p in parts]))
             parts[node], parts[big] = parts[big][-1:], parts[big][:-1]
     return parts
+
+
+def _natural(owners: np.ndarray | None, n_nodes: int) -> list[np.ndarray]:
+    """Whole devices to nodes: device k's examples to node k mod n_nodes."""
+    if owners is None:
+        raise PartitionError("partition 'natural' needs a dataset that comes in devices (leaf-synthetic:ALPHA:BETA); "
+                             "use iid, dirichlet:ALPHA, shards:K or quantity:SIGMA for this one")
+    devices = int(owners.max()) + 1
+    if n_nodes > devices:
+        raise PartitionError(f"partition 'natural' gives whole devices to nodes, but the dataset has {devices} "
+                             f"devices for {n_nodes} nodes; use at most {devices} nodes or another partition")
+    return [np.flatnonzero(owners % n_nodes == i) for i in range(n_nodes)]
 
 
 def _quantity(n: int, n_nodes: int, sigma: float, rng: np.random.Generator) -> list[np.ndarray]:

@@ -49,7 +49,8 @@ class Task:
         if self.learning:
             self.dataset: Dataset | None = load_dataset(cfg.dataset, seed=cfg.seed)
             d = self.dataset
-            parts = partition(d.y_train, n, cfg.partition, seed=cfg.seed, num_classes=d.num_classes)
+            parts = partition(d.y_train, n, cfg.partition, seed=cfg.seed, num_classes=d.num_classes,
+                              owners=d.owners)
             counts = label_counts(d.y_train, parts, d.num_classes)
             self.idx, self.lengths = pad_partitions(parts)
             # shapes only here: the parameters come from one compiled program (`_init`), which

@@ -101,7 +101,8 @@ def test_unknown_dataset() -> None:
     with pytest.raises(DataError) as err:
         load_dataset("foo")
     assert _one_line(err) == (
-        "unknown dataset 'foo'; accepted: digits, mnist1d, synthetic[:D:C], or a path to a .npz file "
+        "unknown dataset 'foo'; accepted: digits, mnist1d, synthetic[:D:C], leaf-synthetic:ALPHA:BETA, "
+        "or a path to a .npz file "
         "with x_train, y_train, x_test, y_test"
     )
 
@@ -532,7 +533,8 @@ def test_bad_partition_spec(spec: str) -> None:
         partition(np.arange(100) % 10, 4, spec)
     assert _one_line(err) == (
         f"bad partition {spec!r}; accepted: iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5), "
-        "shards:K (K >= 1, e.g. shards:2), quantity:SIGMA (0 < SIGMA <= 10, e.g. quantity:1)"
+        "shards:K (K >= 1, e.g. shards:2), quantity:SIGMA (0 < SIGMA <= 10, e.g. quantity:1), "
+        "natural (a dataset's own devices)"
     )
 
 
