@@ -16,7 +16,8 @@ from gossipfl.graph.weights import WEIGHT_RULES
 # The names configs accept (the modules that implement them import these; this module stays free
 # of JAX so that launching and plotting start fast).
 # see learn.algorithms
-ALGORITHMS: tuple[str, ...] = ("dpsgd", "sgp", "gradient-tracking", "consensus", "push-sum", "centralized")
+ALGORITHMS: tuple[str, ...] = ("dpsgd", "sgp", "gradient-tracking", "choco", "consensus", "push-sum",
+                               "centralized")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
 MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
 MIXING_FORMS: tuple[str, ...] = ("auto", "sparse", "dense")
@@ -25,6 +26,30 @@ THREAD_POLICIES: tuple[str, ...] = ("auto", "always", "never")
 ROBUST_RULES: tuple[str, ...] = ("none", "clip", "trim")
 INIT_MODES: tuple[str, ...] = ("shared", "own")
 ATTACKS: tuple[str, ...] = ("none", "sign_flip", "noise", "alie", "constant")
+
+
+COMPRESSORS_HELP = "none, top-k:FRACTION, random-k:FRACTION (0 < FRACTION <= 1), qsgd:BITS (BITS in 2, 4, 8), sign"
+
+
+def parse_compressor(spec: str) -> tuple[str, float]:
+    """(kind, argument) of a compressor spec.
+
+    Raises:
+      ConfigError: for a malformed spec.
+    """
+    kind, _, arg = str(spec).partition(":")
+    try:
+        if kind in ("none", "sign") and not arg:
+            return kind, 0.0
+        if kind in ("top-k", "random-k"):
+            fraction = float(arg)
+            if 0 < fraction <= 1:
+                return kind, fraction
+        if kind == "qsgd" and int(arg) in (2, 4, 8) and str(int(arg)) == arg:
+            return kind, float(int(arg))
+    except ValueError:
+        pass
+    raise ConfigError(f"bad compressor {spec!r}; accepted: {COMPRESSORS_HELP}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +70,8 @@ class SimConfig:
     batch_size: int = 32  # per node and local step
     local_steps: int = 1  # local steps (each on its own minibatch) between two exchanges
     prox_mu: float = 0.0  # FedProx: weight of (mu/2)||x - x_combined||^2 in every local step
+    compress: str = "none"  # choco: none | top-k:FRACTION | random-k:FRACTION | qsgd:BITS | sign
+    gamma: float | str = "auto"  # choco's consensus step; auto: from the compression (see learn.algorithms.choco)
     dim: int = 100  # consensus: length of each node's random vector
     eval_every: int = 10  # rounds between test-set evaluations
     mixing: str = "auto"  # auto | sparse | dense kernel
@@ -87,9 +114,19 @@ class SimConfig:
         if (isinstance(self.prox_mu, bool) or not isinstance(self.prox_mu, (int, float))
                 or not 0 <= self.prox_mu < math.inf):
             raise ConfigError(f"prox_mu must be a finite number >= 0 (0: no proximal term), got {self.prox_mu!r}")
+        self._check_compression()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
         self._check_byzantine()
+
+    def _check_compression(self) -> None:
+        parse_compressor(self.compress)
+        if self.compress != "none" and self.algorithm != "choco":
+            raise ConfigError(f"compress = {self.compress!r} applies to algorithm 'choco' (CHOCO-SGD), the one that "
+                              f"sends compressed messages; {self.algorithm!r} sends dense ones — use --algorithm choco")
+        if self.gamma != "auto" and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))
+                                     or not 0 < self.gamma <= 1):
+            raise ConfigError(f"gamma must be 'auto' or a number in (0, 1], got {self.gamma!r}")
 
     def _check_byzantine(self) -> None:
         """Checks the robust-rule and attack keys (the graph-dependent checks come in `prepare`)."""

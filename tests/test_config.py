@@ -29,6 +29,8 @@ DEFAULTS = {
     "batch_size": 32,
     "local_steps": 1,
     "prox_mu": 0.0,
+    "compress": "none",
+    "gamma": "auto",
     "dim": 100,
     "eval_every": 10,
     "mixing": "auto",

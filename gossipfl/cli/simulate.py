@@ -52,6 +52,11 @@ def simulate(
     batch_size: int | None = typer.Option(None, help="Minibatch per node and local step (default 32)."),
     local_steps: int | None = typer.Option(
         None, help="Local steps between two exchanges, each on its own minibatch (default 1)."),
+    compress: str | None = typer.Option(
+        None, help="choco: what each message is compressed to: none (default), top-k:FRACTION, random-k:FRACTION, "
+        "qsgd:BITS (2, 4, 8), sign."),
+    gamma: str | None = typer.Option(
+        None, help="choco: consensus step in (0, 1], or auto (default: from the compression, e.g. 0.02 for top-k:0.01)."),
     prox_mu: float | None = typer.Option(
         None, help="FedProx proximal term: adds (mu/2)||x - last combined model||^2 to each local step's loss "
         "(default 0: none)."),
@@ -95,6 +100,11 @@ def simulate(
 
     if "out" in flags:
         flags["out"] = str(flags["out"])
+    if "gamma" in flags and flags["gamma"] != "auto":
+        try:
+            flags["gamma"] = float(flags["gamma"])
+        except ValueError:
+            flags["gamma"] = flags["gamma"]  # the config's check says what is accepted
     if "clip_tau" in flags:
         flags["clip_tau"] = parse_clip_tau(flags["clip_tau"])
     if "attackers" in flags:
@@ -205,6 +215,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         if "honest_accuracy" not in final and "honest_consensus_distance" in final:
             table.add_row("honest nodes", f"consensus distance {final['honest_consensus_distance']:.3e}")
     console.print(table)
+    if s.get("diverged"):
+        hint = (" or a smaller --gamma (the consensus step must shrink with the compression)"
+                if s["config"]["algorithm"] == "choco" else "")
+        console.print(f"[bold red]the run diverged[/] (values became NaN or infinite): lower --lr{hint}")
 
 
 def _rate_line(s: dict[str, Any]) -> str:

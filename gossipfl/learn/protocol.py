@@ -5,7 +5,8 @@ optax's `GradientTransformation`. One round (one exchange) of any algorithm is
 
     state, loss = local(state, batch, key)      # the local step
     message     = send(state)                   # what goes to the out-neighbours
-    combined    = <the combine rule over the messages this node receives, and its own>
+    combined    = <the combine rule over the messages this node receives, and its own,
+                   expanded by decode(message) where the algorithm sends a compact form>
     state       = merge(state, combined)        # fold the combined message back in
 
 The simulator `vmap`s `local`, `send` and `merge` over the node axis and does the neighbour sum
@@ -33,6 +34,8 @@ class Algorithm(NamedTuple):
       send: state -> message, a fixed-shape pytree (its shapes are the wire's ModelSpec).
       merge: (state, combined message) -> state.
       model: state -> the parameters that are evaluated and deployed.
+      decode: message -> what the combine averages, for algorithms whose messages are compact
+        (compressed); None: the message itself.
     """
 
     init: Callable[[PyTree, jax.Array], PyTree]
@@ -40,3 +43,4 @@ class Algorithm(NamedTuple):
     send: Callable[[PyTree], PyTree]
     merge: Callable[[PyTree, PyTree], PyTree]
     model: Callable[[PyTree], PyTree]
+    decode: Callable[[PyTree], PyTree] | None = None

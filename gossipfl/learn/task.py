@@ -9,6 +9,7 @@ takes its own row.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,12 @@ class Task:
             # is several times faster than building the model op by op
             model = nnx.eval_shape(lambda: self._model(0))
             self.graphdef, template = nnx.split(model, nnx.Param)
-            self.algorithm = with_local_steps(self.entry.make, classification_loss(self.graphdef),
+            make = self.entry.make
+            if self.entry.options is not None:
+                dim = int(sum(np.prod(p.shape) for p in jax.tree.leaves(template)))
+                options = self.entry.options(cfg, dim)
+                make = functools.partial(make, **options)
+            self.algorithm = with_local_steps(make, classification_loss(self.graphdef),
                                               make_optimizer(cfg.optimizer, cfg.lr), steps=cfg.local_steps,
                                               prox_mu=cfg.prox_mu)
             self._init = jax.jit(lambda key: nnx.split(self._model(key), nnx.Param)[1])
@@ -65,6 +71,8 @@ class Task:
                 "dataset": d.name, "train_examples": int(d.x_train.shape[0]), "test_examples": int(d.x_test.shape[0]),
                 "num_classes": d.num_classes, "optimum_accuracy": d.optimum_accuracy,
                 "partition": partition_summary(counts), "label_counts": counts.tolist()}
+            if self.entry.options is not None:
+                self.info.update({k: getattr(v, "name", v) for k, v in options.items()})
         else:
             self.dataset, self.graphdef = None, None
             self.idx = self.lengths = np.zeros((n, 1), np.int32)

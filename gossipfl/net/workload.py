@@ -44,6 +44,10 @@ class Workload:
         if cfg.attack != "none":
             raise ConfigError(f"attack {cfg.attack!r} is simulated only (gossipfl simulate); networked nodes are "
                               "honest — set attack = 'none' (a robust rule, robust = 'clip' or 'trim', works on nodes)")
+        if self.task.algorithm.decode is not None:
+            raise ConfigError(f"{cfg.algorithm!r} sends compressed messages, which real nodes do not carry yet (their "
+                              "links send running sums, robust to loss, and a compressed difference cannot be summed "
+                              "that way); simulate it with gossipfl simulate")
         self.combine = self.task.combine
         self.W = None if schedule is not None else np.asarray(mixing_matrix(graph, weights, sparse=False), np.float64)
         check_weights(self.combine, schedule, self.W, cfg.algorithm, cfg.weights)

@@ -71,7 +71,7 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
 
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or run_name(cfg))
     writer = metrics_writer(run_dir)  # only process 0 of a multi-process run writes
-    first = {"round": 0, "consensus_distance": float(to_host(measure(carry)))}
+    first = {"round": 0, "consensus_distance": float(to_host(measure(carry))), "bytes_sent": 0}
     if run.evaluate is not None:
         first.update({k: float(v) for k, v in to_host(run.evaluate(carry, data)).items()})
     records = [first]
@@ -79,6 +79,8 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
     if progress:
         progress(0, cfg.rounds, first)
 
+    msg_bytes = _message_bytes(run)
+    sent_total, sent_nodes = 0, np.zeros(run.graph.number_of_nodes(), np.int64)
     start = time.perf_counter()
     done = 0
     compiled: set[int] = set()  # chunk lengths already compiled
@@ -92,7 +94,12 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
         if steps in compiled:
             steady_rounds, steady_seconds = steady_rounds + steps, steady_seconds + time.perf_counter() - tic
         compiled.add(steps)
-        chunk = [{"round": done + i + 1, "consensus_distance": float(dist[i])} for i in range(steps)]
+        per_round, per_node = run.sends_for(done, steps)
+        sent_nodes += per_node * msg_bytes
+        cumulative = sent_total + np.cumsum(per_round) * msg_bytes
+        sent_total = int(cumulative[-1])
+        chunk = [{"round": done + i + 1, "consensus_distance": float(dist[i]), "bytes_sent": int(cumulative[i])}
+                 for i in range(steps)]
         done += steps
         if run.task.learning:
             for rec, value in zip(chunk, loss, strict=True):
@@ -106,12 +113,23 @@ def simulate(cfg: SimConfig, *, progress: Progress | None = None) -> SimResult:
             progress(done, cfg.rounds, chunk[-1])
     elapsed = time.perf_counter() - start
     summary = _summary(run, records, elapsed, steady_rounds, steady_seconds, run_dir)
+    summary.update({"bytes_sent": sent_total, "bytes_sent_per_node": sent_nodes.tolist(),
+                    "message_bytes": msg_bytes})
     if not run.task.learning:
         summary["final"]["mean_error"] = mean_error(to_host(model(carry.state)), initial_mean)
         summary["final"]["push_sum_weight_min"] = float(to_host(jnp.min(carry.weight)))
     writer.finish(summary)
     final = to_host(model(carry.state))
     return SimResult(run_dir=run_dir, summary=summary, records=records, models=final)
+
+
+def _message_bytes(run: Prepared) -> int:
+    """Bytes of one node's message (its compact form where the algorithm compresses): what every
+    link carries per round, the frame header aside."""
+    if run.combine is None:
+        return 0
+    shapes = jax.eval_shape(jax.vmap(run.task.algorithm.send), run.carry.state)
+    return sum(int(np.prod(x.shape[1:])) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
 def _summary(run: Prepared, records: list[dict[str, Any]], elapsed: float, steady_rounds: int,

@@ -3,6 +3,7 @@ the task (data, model, algorithm), stacked initial states and the compiled funct
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,7 @@ class Prepared:
     max_chunk: int | None  # most rounds per run_chunk call (None: any)
     ops_for: Callable[[int, int], tuple[Any, np.ndarray]]
     sample: Callable[[Any, Any], Any]  # (data, t) -> every node's minibatch of round t
+    sends_for: Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # messages sent: (per round, per node)
     evaluate: Callable[[Any, Any], dict[str, jax.Array]] | None
     info: dict[str, Any]
 
@@ -136,6 +138,9 @@ def prepare(cfg: SimConfig) -> Prepared:
     combine = None if task.entry.centralized else task.combine
     W = None if schedule is not None else mixing_matrix(graph, weights, sparse=n > DENSE_MAX_NODES)
     check_weights(combine, schedule, W, cfg.algorithm, cfg.weights)
+    if schedule is not None and task.entry.static_graph:
+        raise ConfigError(f"{cfg.algorithm!r} sums what neighbours sent over the whole run, which needs the same "
+                          f"mixing weights every round; topology {cfg.topology!r} changes them — use a static graph")
     attackers = resolve_attackers(graph, cfg.attackers)
     honest = honest_mask(n, attackers) if attackers else None
     gathered = combine is not None and (combine.kind == "rule" or bool(attackers))
@@ -148,6 +153,8 @@ def prepare(cfg: SimConfig) -> Prepared:
     state = task.init_state(task.initial_params(nodes), nodes)
     carry = Carry(state, jnp.ones((copies,), jnp.float32))
     ops_for, kernel = _mixing(cfg, schedule, combine, W, n, graph.number_of_edges(), gathered)
+    ops_for = functools.lru_cache(maxsize=1)(ops_for)  # a drawn schedule's chunk is built once for both uses
+    sends_for = _sends(ops_for, n, combine is not None)
     if schedule is None and gathered and cfg.robust == "trim":
         check_degrees(neighbor_lists(W), cfg.trim)
 
@@ -183,8 +190,36 @@ def prepare(cfg: SimConfig) -> Prepared:
         data=place(task.data_arrays(), replicated), kernel=kernel,
         devices=1 if sharding is None else int(sharding.mesh.size), run_chunk=run_chunk,
         max_chunk=_UNROLLED_CHUNK if unroll else None, ops_for=_placed(ops_for, replicated), sample=sample,
+        sends_for=sends_for,
         evaluate=make_evaluator(task, honest), info=info,
     )
+
+
+def _sends(ops_for: Callable[[int, int], tuple[Any, np.ndarray]], n: int,
+           exchanges: bool) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
+    """`sends_for(start, steps)` -> (messages sent in each of those rounds, messages each node sent
+    in them): one per link with a nonzero weight, from the rounds' mixing operands."""
+    cache: dict[int, np.ndarray] = {}
+
+    def per_slot(ops: Any) -> np.ndarray:  # (slots, N): messages node j sends in a round of that slot
+        if id(ops) not in cache:
+            cache.clear()
+            if isinstance(ops, NeighborLists):
+                idx, w = np.asarray(ops.idx), np.asarray(ops.weights)
+                cache[id(ops)] = np.stack([np.bincount(idx[s][w[s] > 0], minlength=n) for s in range(len(idx))])
+            else:  # dense W stack: column j's off-diagonal nonzeros
+                W = np.asarray(ops)
+                cache[id(ops)] = np.count_nonzero(W, axis=1) - (np.diagonal(W, axis1=1, axis2=2) != 0)
+        return cache[id(ops)]
+
+    def sends_for(start: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        if not exchanges:
+            return np.zeros(steps, np.int64), np.zeros(n, np.int64)
+        ops, slots = ops_for(start, steps)
+        counts = per_slot(ops)[np.asarray(slots)]
+        return counts.sum(axis=1), counts.sum(axis=0)
+
+    return sends_for
 
 
 def _placed(ops_for: Callable[[int, int], tuple[Any, np.ndarray]], where: Any) -> Callable[..., Any]:

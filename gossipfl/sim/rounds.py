@@ -91,6 +91,8 @@ def make_chunk_runner(algorithm: Algorithm, combine: Combine | None, sample: Cal
             weight = carry.weight
             if combine is not None:
                 msgs = jax.vmap(algorithm.send)(state)
+                if algorithm.decode is not None:  # compact (compressed) messages: combine what they mean
+                    msgs = jax.vmap(algorithm.decode)(msgs)
                 sent = msgs if tamper is None else tamper(msgs, t)
                 op = jax.tree.map(lambda a: a[slot], ops)
                 combined, weight = combine_all(combine, op, msgs, weight, sent)

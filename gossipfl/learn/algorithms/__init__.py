@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optax
 
 from gossipfl.config import ALGORITHMS
 from gossipfl.errors import ConfigError
+from gossipfl.learn.algorithms.choco import ChocoState, auto_gamma, choco
 from gossipfl.learn.algorithms.consensus import consensus
 from gossipfl.learn.algorithms.sgd import NodeState, dpsgd
 from gossipfl.learn.algorithms.tracking import TrackingState, gradient_tracking
@@ -21,8 +23,8 @@ from gossipfl.learn.combine import Combine, push_sum, robust_combine, weighted_m
 from gossipfl.learn.objectives import LossFn
 from gossipfl.learn.protocol import Algorithm
 
-__all__ = ["REGISTRY", "Entry", "NodeState", "TrackingState", "consensus", "dpsgd", "gradient_tracking", "lookup",
-           "resolve"]
+__all__ = ["REGISTRY", "ChocoState", "Entry", "NodeState", "TrackingState", "choco", "consensus", "dpsgd",
+           "gradient_tracking", "lookup", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class Entry:
       centralized: the simulator's reference mode: one model takes a step on the whole network's
         batch each round; nothing is exchanged (simulator only).
       about: one line for help texts.
+      options: (config, parameter count) -> the extra keyword arguments of `make` (the compressor
+        and consensus step of choco), or None.
     """
 
     make: Callable[[LossFn | None, optax.GradientTransformation | None], Algorithm]
@@ -43,6 +47,15 @@ class Entry:
     learning: bool
     about: str
     centralized: bool = False
+    options: Callable[[Any, int], dict[str, Any]] | None = None
+    static_graph: bool = False  # needs the same W every round (no schedule)
+
+
+def _choco_options(cfg: Any, dim: int) -> dict[str, Any]:
+    from gossipfl.learn.compress import make_compressor
+
+    compressor = make_compressor(cfg.compress, dim)
+    return {"compressor": compressor, "gamma": auto_gamma(compressor) if cfg.gamma == "auto" else float(cfg.gamma)}
 
 
 REGISTRY: dict[str, Entry] = {
@@ -50,6 +63,8 @@ REGISTRY: dict[str, Entry] = {
     "sgp": Entry(dpsgd, push_sum, True, "Stochastic Gradient Push: local SGD steps + push-sum (directed graphs)"),
     "gradient-tracking": Entry(gradient_tracking, weighted_mean, True,
                                "gradient tracking (DSGT): steps along a gossiped estimate of the average gradient"),
+    "choco": Entry(choco, weighted_mean, True, "CHOCO-SGD: sends compressed differences (--compress), consensus step "
+                   "gamma", options=_choco_options, static_graph=True),
     "consensus": Entry(lambda loss, opt: consensus(), weighted_mean, False,
                        "pure averaging of random vectors (weighted mean)"),
     "push-sum": Entry(lambda loss, opt: consensus(), push_sum, False,
