@@ -56,7 +56,8 @@ def simulate(
         None, help="choco: what each message is compressed to: none (default), top-k:FRACTION, random-k:FRACTION, "
         "qsgd:BITS (2, 4, 8), sign."),
     gamma: str | None = typer.Option(
-        None, help="choco: consensus step in (0, 1], or auto (default: from the compression, e.g. 0.02 for top-k:0.01)."),
+        None, help="choco: consensus step in (0, 1], or auto (default: from the compression, e.g. 0.02 for "
+        "top-k:0.01)."),
     prox_mu: float | None = typer.Option(
         None, help="FedProx proximal term: adds (mu/2)||x - last combined model||^2 to each local step's loss "
         "(default 0: none)."),
