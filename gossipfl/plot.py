@@ -28,6 +28,8 @@ def _label(run_dir: Path, summary: dict) -> str:
     if not cfg:
         return run_dir.name
     bits = [cfg.get("algorithm", "?"), f"{cfg.get('topology', '?')}"]
+    if cfg.get("compress", "none") != "none":
+        bits[0] += f" {cfg['compress']}"
     if topo.get("nodes"):
         bits[-1] += f" (N={topo['nodes']})"
     if cfg.get("algorithm") != "consensus" and cfg.get("partition"):
@@ -39,14 +41,20 @@ def _label(run_dir: Path, summary: dict) -> str:
     return ", ".join(bits)
 
 
-def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None) -> Path:
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None,
+              x: str = "round") -> Path:
     """Draws one PNG comparing runs: consensus distance (log scale) with each run's predicted
     SLEM^t line, and (for learning runs) the averaged model's test accuracy with the spread of
     node accuracies.
 
+    `x` = "bytes" puts the bytes sent by all nodes on the x axis instead of the round (runs whose
+    records carry `bytes_sent`).
+
     Raises:
-      GossipError: if a directory is not a run or no run has any records.
+      GossipError: if a directory is not a run or no run has any records, or `x` is unknown.
     """
+    if x not in ("round", "bytes"):
+        raise GossipError(f"unknown x axis {x!r}; accepted: round, bytes")
     # The Figure API draws off-screen without pyplot's global state or a GUI backend.
     from matplotlib.figure import Figure
 
@@ -65,6 +73,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
 
     timed = any(any("time" in r for r in recs) for _, _, recs in runs)  # networked runs: also vs wall time
     xkeys = ["round", "time"] if timed else ["round"]
+    if x == "bytes":
+        if not any(any("bytes_sent" in r for r in recs) for _, _, recs in runs):
+            raise GossipError("no run records bytes_sent (runs made before byte counting); plot them by round")
+        xkeys = ["bytes_sent"]
     fig = Figure(figsize=(13 if learning else 7.5, 5 * len(xkeys)))
     axes = fig.subplots(len(xkeys), 2 if learning else 1, squeeze=False)
     for row, xkey in enumerate(xkeys):
@@ -90,7 +102,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     return out
 
 
-_XLABEL = {"round": "round (networked runs: local step)", "time": "wall time (s)"}
+_XLABEL = {"round": "round (networked runs: local step)", "time": "wall time (s)",
+           "bytes_sent": "bytes sent by all nodes (MB, log scale)"}
+_XSCALE = {"bytes_sent": 1e-6}
+_LOG_X = {"bytes_sent"}  # compressed and dense runs differ by orders of magnitude
 
 
 def _colors() -> list[str]:
@@ -107,9 +122,9 @@ def _draw_consensus(ax, runs: list, labels: list[str], xkey: str) -> None:
         if not records:
             continue
         color = colors[i % len(colors)]
-        xs = np.array([r[xkey] for r in records], dtype=float)
+        xs = np.array([r[xkey] for r in records], dtype=float) * _XSCALE.get(xkey, 1.0)
         dist = np.array([_num(r["consensus_distance"]) for r in records], dtype=float)
-        positive = np.isfinite(dist) & (dist > 0)
+        positive = np.isfinite(dist) & (dist > 0) & ((xs > 0) if xkey in _LOG_X else True)
         if not positive.any():  # a single model (the centralized reference) has no spread
             continue
         ax.plot(xs[positive], dist[positive], color=color, lw=1.8, label=labels[i])
@@ -127,6 +142,8 @@ def _draw_consensus(ax, runs: list, labels: list[str], xkey: str) -> None:
                        label=f"after settling: {settled:.2e}")
             floor = min(floor, settled)
     ax.set_yscale("log")
+    if xkey in _LOG_X:
+        ax.set_xscale("log")
     if np.isfinite(floor):
         ax.set_ylim(bottom=floor / 3)
     ax.set_xlabel(_XLABEL[xkey])
@@ -140,17 +157,19 @@ def _draw_consensus(ax, runs: list, labels: list[str], xkey: str) -> None:
 def _draw_accuracy(ax, runs: list, labels: list[str], xkey: str) -> None:
     colors = _colors()
     for i, (_, summary, records) in enumerate(runs):
-        evals = [r for r in records if "accuracy" in r and xkey in r]
+        evals = [r for r in records if "accuracy" in r and xkey in r and (r[xkey] > 0 or xkey not in _LOG_X)]
         if not evals:
             continue
         color = colors[i % len(colors)]
-        xs = np.array([r[xkey] for r in evals])
+        xs = np.array([r[xkey] for r in evals], dtype=float) * _XSCALE.get(xkey, 1.0)
         what = summary.get("accuracy_label", "averaged model")
         ax.plot(xs, [100 * _num(r["accuracy"]) for r in evals], color=color, lw=1.8, label=f"{labels[i]}: {what}")
         if "node_accuracy_min" in evals[0] and summary.get("config", {}).get("algorithm") != "centralized":
             lo = [100 * _num(r["node_accuracy_min"]) for r in evals]
             hi = [100 * _num(r["node_accuracy_max"]) for r in evals]
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15, label="node accuracy min–max")
+    if xkey in _LOG_X:
+        ax.set_xscale("log")
     ax.set_xlabel(_XLABEL[xkey])
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Learning")

@@ -315,6 +315,14 @@ def test_plot_two_runs(consensus_run, dpsgd_run, tmp_path):
     assert_png(png)
 
 
+def test_plot_against_bytes_sent(consensus_run, dpsgd_run, tmp_path):
+    png = tmp_path / "bytes.png"
+    result = invoke("plot", consensus_run[0], dpsgd_run[0], "--out", png, "--x", "bytes")
+    assert result.exit_code == 0, result.output
+    assert_png(png)
+    assert_friendly_error(invoke("plot", dpsgd_run[0], "--out", png, "--x", "seconds"), "'seconds'", "round, bytes")
+
+
 # ----------------------------------------------------------------------------- help
 
 

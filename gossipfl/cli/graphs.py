@@ -63,9 +63,10 @@ def plot(
     runs: list[Path] = typer.Argument(..., help="Run directories (each with metrics.jsonl)."),
     out: Path = typer.Option(Path("consensus.png"), "--out", "-o", help="PNG to write."),
     title: str | None = typer.Option(None, help="Figure title."),
+    x: str = typer.Option("round", "--x", help="x axis: round, or bytes (bytes sent by all nodes)."),
 ) -> None:
     """Plot consensus distance (log scale, with the predicted SLEM^t line) and accuracy of runs."""
     from gossipfl.plot import plot_runs
 
-    path = plot_runs(runs, out, title=title)
+    path = plot_runs(runs, out, title=title, x=x)
     console.print(f"wrote {path}")
