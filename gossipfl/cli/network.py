@@ -189,7 +189,16 @@ def launch(
             _print_error(f"interrupted: nodes stopped; their checkpoints in {out_dir} are kept (launch again to "
                          "resume, or add --fresh)")
             raise typer.Exit(130) from None
-    summary = launcher.finalize(out_dir, net)
+    try:
+        summary = launcher.finalize(out_dir, net)
+    except GossipError:
+        if not failures:
+            raise
+        # every node stopped before it wrote anything (a config the nodes refuse, say): their own
+        # errors are what the user needs, not that the run directory is empty
+        for plan_, code in failures:
+            _print_error(launcher.failure_report(plan_, code))
+        raise typer.Exit(1) from None
     plot_path = plot_runs([out_dir], out_dir / "plot.png")
     _print_launch_summary(summary)
     console.print(f"wrote {out_dir}/metrics.jsonl, summary.json and {plot_path}", soft_wrap=True)

@@ -148,6 +148,24 @@ def test_launch_names_the_node_that_failed(tmp_path: Path) -> None:
     assert (out / "summary.json").exists()  # the nodes that ran are still merged and reported
 
 
+def test_launch_where_every_node_refuses_the_config_shows_their_errors(tmp_path: Path) -> None:
+    """Nodes that stop before writing anything (here: choco, simulator-only) leave no run to merge;
+    the launch shows each node's own error instead of an empty directory's."""
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    path = topology(tmp_path, ports=tuple(ports),
+                    experiment='algorithm = "choco"\ncompress = "top-k:0.1"\nmodel = "logreg"\nrounds = 5')
+    done = subprocess.run([sys.executable, "-m", "gossipfl", "launch", str(path), "--out", str(tmp_path / "run"),
+                           "--processes", "1"], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "exit status 2" in done.stderr and "simulate it with gossipfl simulate" in done.stderr
+    assert "no node directories" not in done.stderr
+
+
 def test_insecure_nodes_run_without_a_key(tmp_path: Path) -> None:
     """`--insecure` is the explicit way to run unauthenticated: the nodes start, gossip and finish."""
     ports = []
