@@ -32,7 +32,8 @@ def simulate(
         "--algorithm",
         "-a",
         help="dpsgd (default), sgp (D-PSGD with the push-sum combine, for directed graphs), gradient-tracking (steps "
-        "along a gossiped estimate of the average gradient), consensus (pure averaging "
+        "along a gossiped estimate of the average gradient), choco (CHOCO-SGD: compressed messages, see --compress), "
+        "consensus (pure averaging "
         "of random vectors), push-sum (the same with push-sum weights), centralized (the reference).",
     ),
     dataset: str | None = typer.Option(
