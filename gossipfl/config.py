@@ -209,8 +209,8 @@ class GossipOptions:
                 raise ConfigError(f"{key} must be a non-negative number of seconds, got {value!r}")
 
 
-def parse_clip_tau(text: str) -> float | str:
-    """A --clip-tau flag: 'auto' or a number (its range is checked by SimConfig).
+def _auto_or_number(text: str, key: str, accepted: str) -> float | str:
+    """A flag that takes 'auto' or a number (its range is checked by SimConfig).
 
     Raises:
       ConfigError: for anything else.
@@ -220,7 +220,17 @@ def parse_clip_tau(text: str) -> float | str:
     try:
         return float(text)
     except ValueError:
-        raise ConfigError(f"clip_tau must be 'auto' or a positive number, got {text!r}") from None
+        raise ConfigError(f"{key} must be 'auto' or {accepted}, got {text!r}") from None
+
+
+def parse_clip_tau(text: str) -> float | str:
+    """A --clip-tau flag: 'auto' or a positive number."""
+    return _auto_or_number(text, "clip_tau", "a positive number")
+
+
+def parse_gamma(text: str) -> float | str:
+    """A --gamma flag (choco's consensus step): 'auto' or a number in (0, 1]."""
+    return _auto_or_number(text, "gamma", "a number in (0, 1]")
 
 
 def parse_attackers(text: str) -> int | tuple[int, ...]:

@@ -96,17 +96,14 @@ def simulate(
     dist = {"coordinator": coordinator, "process_id": process_id, "num_processes": num_processes}
     flags = {k: v for k, v in locals().items() if k not in ("config", "dist", *dist) and v is not None}
     from gossipfl.cache import enable_compile_cache
-    from gossipfl.config import load_config, make_config, parse_attackers, parse_clip_tau
+    from gossipfl.config import load_config, make_config, parse_attackers, parse_clip_tau, parse_gamma
     from gossipfl.plot import plot_runs
     from gossipfl.sim.driver import simulate as run_simulation
 
     if "out" in flags:
         flags["out"] = str(flags["out"])
-    if "gamma" in flags and flags["gamma"] != "auto":
-        try:
-            flags["gamma"] = float(flags["gamma"])
-        except ValueError:
-            flags["gamma"] = flags["gamma"]  # the config's check says what is accepted
+    if "gamma" in flags:
+        flags["gamma"] = parse_gamma(flags["gamma"])
     if "clip_tau" in flags:
         flags["clip_tau"] = parse_clip_tau(flags["clip_tau"])
     if "attackers" in flags:

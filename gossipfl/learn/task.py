@@ -58,21 +58,11 @@ class Task:
             # is several times faster than building the model op by op
             model = nnx.eval_shape(lambda: self._model(0))
             self.graphdef, template = nnx.split(model, nnx.Param)
-            make = self.entry.make
-            if self.entry.options is not None:
-                dim = int(sum(np.prod(p.shape) for p in jax.tree.leaves(template)))
-                options = self.entry.options(cfg, dim)
-                make = functools.partial(make, **options)
-            self.algorithm = with_local_steps(make, classification_loss(self.graphdef),
-                                              make_optimizer(cfg.optimizer, cfg.lr), steps=cfg.local_steps,
-                                              prox_mu=cfg.prox_mu)
             self._init = jax.jit(lambda key: nnx.split(self._model(key), nnx.Param)[1])
             self.info: dict[str, Any] = {
                 "dataset": d.name, "train_examples": int(d.x_train.shape[0]), "test_examples": int(d.x_test.shape[0]),
                 "num_classes": d.num_classes, "optimum_accuracy": d.optimum_accuracy,
                 "partition": partition_summary(counts), "label_counts": counts.tolist()}
-            if self.entry.options is not None:
-                self.info.update({k: getattr(v, "name", v) for k, v in options.items()})
         else:
             self.dataset, self.graphdef = None, None
             self.idx = self.lengths = np.zeros((n, 1), np.int32)
@@ -83,6 +73,19 @@ class Task:
         self.parameters = int(sum(np.prod(p.shape) for p in jax.tree.leaves(self.template)))
         if self.learning:
             self.info["parameters"] = self.parameters
+            self.algorithm = self._learning_algorithm()
+
+    def _learning_algorithm(self) -> Any:
+        """The registry's algorithm on the model's loss and the local optimizer, with its own
+        options (choco's compressor and step, also reported in the summary), local steps and
+        the proximal term."""
+        cfg, make = self.cfg, self.entry.make
+        if self.entry.options is not None:
+            options = self.entry.options(cfg, self.parameters)
+            make = functools.partial(make, **options)
+            self.info.update({k: getattr(v, "name", v) for k, v in options.items()})
+        return with_local_steps(make, classification_loss(self.graphdef), make_optimizer(cfg.optimizer, cfg.lr),
+                                steps=cfg.local_steps, prox_mu=cfg.prox_mu)
 
     def _model(self, seed: int | jax.Array) -> nnx.Module:
         cfg, d = self.cfg, self.dataset

@@ -20,6 +20,7 @@ from gossipfl.learn.algorithms.consensus import consensus
 from gossipfl.learn.algorithms.sgd import NodeState, dpsgd
 from gossipfl.learn.algorithms.tracking import TrackingState, gradient_tracking
 from gossipfl.learn.combine import Combine, push_sum, robust_combine, weighted_mean
+from gossipfl.learn.compress import make_compressor
 from gossipfl.learn.objectives import LossFn
 from gossipfl.learn.protocol import Algorithm
 
@@ -52,8 +53,6 @@ class Entry:
 
 
 def _choco_options(cfg: Any, dim: int) -> dict[str, Any]:
-    from gossipfl.learn.compress import make_compressor
-
     compressor = make_compressor(cfg.compress, dim)
     return {"compressor": compressor, "gamma": auto_gamma(compressor) if cfg.gamma == "auto" else float(cfg.gamma)}
 
